@@ -1,0 +1,1 @@
+"""One study per file; each states its claim and writes results.json and a PNG."""

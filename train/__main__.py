@@ -1,0 +1,65 @@
+"""`python -m train MODEL TASK [options]`: train any registered model on any registered task.
+
+Every field of the model, the task, the optimizer and the run is an option
+(`--model.hidden-sizes 256 256 --task.batch-size 32 --optim.lr 3e-4 --steps 2000`);
+`python -m train --list` prints the registered models and tasks; `--help` after a model and
+task lists their options with defaults.
+"""
+
+import dataclasses
+import sys
+from typing import Annotated, Union
+
+import tyro
+
+from arch import MODELS, describe
+from train.loop import RunConfig, fit
+from train.optim import OptimConfig
+from train.tasks import TASKS, describe_task
+
+
+def choices(registry: dict[str, type], describe_fn) -> type:
+    """A tyro subcommand per registered class: its name is the positional argument."""
+    options = tuple(Annotated[cls, tyro.conf.subcommand(name, default=cls(), prefix_name=False,
+                                                        description=describe_fn(cls))]
+                    for name, cls in registry.items())
+    return Union[options]  # noqa: UP007 - a Union built at run time
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    model: choices(MODELS, describe)
+    task: choices(TASKS, describe_task)
+    optim: OptimConfig = OptimConfig()
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig()
+
+
+def listing() -> str:
+    width = max(map(len, [*MODELS, *TASKS])) + 2
+    lines = ["models:"] + [f"  {n:<{width}}{describe(c)}" for n, c in MODELS.items()]
+    lines += ["tasks:"] + [f"  {n:<{width}}{describe_task(c)}" for n, c in TASKS.items()]
+    return "\n".join(lines)
+
+
+def name_of(registry: dict[str, type], obj: object) -> str:
+    return next(name for name, cls in registry.items() if type(obj) is cls)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--list"]:
+        print(listing())
+        return {}
+    command = tyro.cli(Command, args=argv, config=(tyro.conf.CascadeSubcommandArgs,),
+                       description=__doc__.splitlines()[0])
+    run = command.run
+    if run.run_dir is None:
+        run = dataclasses.replace(run, run_dir=f"runs/{name_of(MODELS, command.model)}-"
+                                               f"{name_of(TASKS, command.task)}")
+    result = fit(command.model, command.task, command.optim, run)
+    print(f"run directory: {run.run_dir}")
+    return result.summary
+
+
+if __name__ == "__main__":
+    main()

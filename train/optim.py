@@ -1,0 +1,124 @@
+"""The optimizer from a config, built entirely from optax transformations.
+
+    clip (global norm) -> weight decay -> SGD / momentum / Adam / AdamW with a schedule
+    wrapped in optax.MultiSteps for gradient accumulation, and optax.multi_transform to freeze.
+"""
+
+import dataclasses
+import re
+from typing import Literal
+
+import jax
+import optax
+
+OptimizerName = Literal["sgd", "momentum", "adam", "adamw"]
+ScheduleName = Literal["constant", "cosine"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning-rate schedule, clipping, accumulation and freezing."""
+
+    name: OptimizerName = "adam"
+    lr: float = 1e-3
+    schedule: ScheduleName = "constant"
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr over this many optimizer updates, before the schedule."""
+    min_lr_ratio: float = 0.0
+    """Cosine schedule: the final learning rate as a fraction of lr."""
+    momentum: float = 0.9
+    nesterov: bool = False
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    """adamw: decoupled decay; sgd / momentum / adam: L2 added to the gradient. Kernels only."""
+    clip_norm: float | None = None
+    """Clip the gradient to this global norm (None: no clipping)."""
+    accumulate: int = 1
+    """Average the gradients of this many train steps (micro-batches) before each update."""
+    freeze: tuple[str, ...] = ()
+    """Regular expressions; parameters whose path (e.g. 'conv_0/kernel') matches one stay fixed."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"optim.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            problems.append(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            problems.append(f"optim.clip_norm must be > 0 (or None), got {self.clip_norm}")
+        if self.accumulate < 1:
+            problems.append(f"optim.accumulate must be >= 1, got {self.accumulate}")
+        for pattern in self.freeze:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                problems.append(f"optim.freeze pattern {pattern!r} is not a regular expression: {e}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def learning_rate_schedule(config: OptimConfig, total_updates: int) -> optax.Schedule:
+    """Constant or cosine decay over `total_updates`, after an optional linear warm-up."""
+    decay_steps = max(total_updates - config.warmup_steps, 1)
+    if config.schedule == "constant":
+        main = optax.constant_schedule(config.lr)
+    else:
+        main = optax.cosine_decay_schedule(config.lr, decay_steps, alpha=config.min_lr_ratio)
+    if config.warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, config.lr, config.warmup_steps)
+    return optax.join_schedules([warmup, main], [config.warmup_steps])
+
+
+def param_path(path: tuple) -> str:
+    """'conv_0/kernel' from a pytree key path."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def frozen_labels(params, patterns: tuple[str, ...]):
+    """A pytree of 'frozen' / 'trainable' labels, one per parameter."""
+    compiled = [re.compile(p) for p in patterns]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if any(c.search(param_path(path)) for c in compiled) else "trainable",
+        params,
+    )
+
+
+def decay_mask(params):
+    """Weight decay applies to matrices and kernels, not to biases and norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optax transformation for `config`, for a run of `total_steps` train steps."""
+    schedule = learning_rate_schedule(config, max(total_steps // config.accumulate, 1))
+    parts = []
+    if config.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(config.clip_norm))
+    if config.name == "adamw":
+        parts.append(optax.adamw(schedule, config.b1, config.b2, config.eps,
+                                 weight_decay=config.weight_decay, mask=decay_mask))
+    else:
+        if config.weight_decay > 0:
+            parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
+        if config.name == "sgd":
+            parts.append(optax.sgd(schedule))
+        elif config.name == "momentum":
+            parts.append(optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+        else:
+            parts.append(optax.adam(schedule, config.b1, config.b2, config.eps))
+    tx = optax.chain(*parts)
+    if config.freeze:
+        tx = optax.multi_transform(
+            {"trainable": tx, "frozen": optax.set_to_zero()},
+            lambda params: frozen_labels(params, config.freeze),
+        )
+    if config.accumulate > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=config.accumulate)
+    return tx

@@ -1,0 +1,31 @@
+"""What every experiment writes: results.json, a printed table, and its run directory."""
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+def experiment_dir(name: str, run_dir: str | None = None) -> str:
+    """`run_dir` if given, else runs/experiments/<name>; created."""
+    path = run_dir or os.path.join("runs", "experiments", name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def write_results(run_dir: str, results: dict[str, Any]) -> str:
+    """Write results.json (the claim, the numbers and whether the claim held) and return its path."""
+    path = os.path.join(run_dir, "results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, default=float)
+    return path
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table of `rows` (dicts) with one column per key; floats to 4 digits."""
+    columns = list(columns or rows[0].keys())
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True))
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])

@@ -1,0 +1,99 @@
+"""The one train step and the eval step, shared by every model and task.
+
+make_train_step(model, task, tx) builds `train_step(state, batch) -> (state, metrics)`, jitted
+once with the state donated. Metrics are device arrays: the loss, the task's metrics, and the
+global norms of the gradients, parameters and updates; the host reduces and logs them.
+"""
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from train.state import PyTree, TrainState
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class LossTask(Protocol):
+    """What the step needs of a task: outputs and a batch to (loss, metrics)."""
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]: ...
+
+
+def apply_model(model: nn.Module, state: TrainState, params: PyTree, inputs: jax.Array, *, train: bool,
+                rng: jax.Array | None = None) -> tuple[jax.Array, PyTree]:
+    """Forward pass; returns the outputs and the updated model state (e.g. BatchNorm statistics).
+
+    In training the non-parameter collections are mutable; in evaluation they are read only.
+    """
+    variables = {"params": params, **state.model_state}
+    rngs = {"dropout": rng} if rng is not None else None
+    if train and state.model_state:
+        return model.apply(variables, inputs, train=True, rngs=rngs, mutable=list(state.model_state))
+    return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
+
+
+def make_train_step(model: nn.Module, task: LossTask, tx: optax.GradientTransformation
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated."""
+
+    def loss_fn(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array):
+        outputs, model_state = apply_model(model, state, params, batch["inputs"], train=True, rng=rng)
+        loss, metrics = task.loss(outputs, batch)
+        return loss, (metrics, model_state)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (metrics, model_state)), grads = grad_fn(state.params, state, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            **metrics,
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+            "update_norm": optax.global_norm(updates),
+        }
+        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                                  opt_state=opt_state)
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model: nn.Module, task: LossTask) -> Callable[[TrainState, Batch], Metrics]:
+    """The jitted `eval_step(state, batch) -> metrics`, with 'count' = number of real examples.
+
+    Metrics are means over the batch's real examples; the host weights them by 'count'.
+    """
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        outputs, _ = apply_model(model, state, state.params, batch["inputs"], train=False)
+        loss, metrics = task.loss(outputs, batch)
+        count = jnp.sum(batch["mask"]) if "mask" in batch else jnp.asarray(batch["inputs"].shape[0])
+        return {"loss": loss, **metrics, "count": count.astype(jnp.float32)}
+
+    return jax.jit(eval_step)
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, example_inputs: jax.Array,
+               seed: int) -> TrainState:
+    """Initialise parameters (inside jit: eager init is slow), model state and optimizer state."""
+    key = jax.random.key(seed)
+    init_key, dropout_key, run_key = jax.random.split(key, 3)
+
+    @jax.jit
+    def init(example):
+        variables = model.init({"params": init_key, "dropout": dropout_key}, example, train=False)
+        variables = dict(variables)
+        params = variables.pop("params")
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                          opt_state=tx.init(params), rng=run_key)
+
+    return init(example_inputs)

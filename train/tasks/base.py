@@ -1,0 +1,139 @@
+"""The task contract and a base for tasks whose splits are arrays in memory.
+
+A task is a frozen dataclass: its fields are its configuration (and its command-line options).
+It owns its data and its loss. Training batches come from an explicit `DataPosition`
+(epoch, index) together with the task's `seed`, so a resumed run sees exactly the batches it
+would have seen. Batches are dicts of NumPy arrays: {"inputs", "targets", "mask"}.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from train import losses
+
+Batch = dict[str, np.ndarray]
+Split = tuple[np.ndarray, np.ndarray]  # (inputs [n, ...], targets [n, ...])
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPosition:
+    """Where the next training batch comes from: batch `index` of epoch `epoch`."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+class ArrayTask:
+    """Base for tasks with fixed train / validation / test arrays.
+
+    A subclass is a frozen dataclass with fields `batch_size` and `seed`, and implements
+    `load()` -> {split: (inputs, targets)}, `num_outputs`, and `loss(outputs, batch)`.
+    """
+
+    batch_size: int
+    seed: int
+
+    def load(self) -> dict[str, Split]:
+        raise NotImplementedError
+
+    @property
+    def num_outputs(self) -> int:
+        """The size of the model's last axis that this task's loss expects."""
+        raise NotImplementedError
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def data(self) -> dict[str, Split]:
+        """The splits, loaded once per task instance."""
+        data = self.load()
+        missing = [s for s in SPLITS if s not in data]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.load() returned no {missing} split")
+        return data
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"task.batch_size must be >= 1, got {self.batch_size}")
+
+    def num_examples(self, split: str) -> int:
+        return len(self.data[split][1])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = self.num_examples("train")
+        if self.batch_size > n:
+            raise ValueError(f"task.batch_size {self.batch_size} is larger than the {n} training "
+                             f"examples of {type(self).__name__}; lower --task.batch-size")
+        return n // self.batch_size  # the remainder of an epoch is dropped; each epoch reshuffles
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The permutation of the training set for `epoch`: a pure function of (seed, epoch)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples("train"))
+
+    def train_batch(self, position: DataPosition) -> Batch:
+        """The training batch at `position`; the same position always gives the same batch."""
+        inputs, targets = self.data["train"]
+        rows = self.epoch_order(position.epoch)[position.index * self.batch_size:
+                                                 (position.index + 1) * self.batch_size]
+        return {"inputs": inputs[rows], "targets": targets[rows],
+                "mask": np.ones(len(rows), np.float32)}
+
+    def next_position(self, position: DataPosition) -> DataPosition:
+        if position.index + 1 < self.steps_per_epoch:
+            return DataPosition(position.epoch, position.index + 1)
+        return DataPosition(position.epoch + 1, 0)
+
+    def position_after(self, steps: int) -> DataPosition:
+        """The position reached after `steps` training batches from the start."""
+        epoch, index = divmod(steps, self.steps_per_epoch)
+        return DataPosition(epoch, index)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """Every example of `split` once, in order, in batches of one static shape.
+
+        The last batch is padded by repeating the first rows, with mask 0 on the padding.
+        """
+        inputs, targets = self.data[split]
+        n = len(targets)
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, start + batch_size) % n
+            mask = (np.arange(start, start + batch_size) < n).astype(np.float32)
+            yield {"inputs": inputs[rows], "targets": targets[rows], "mask": mask}
+
+    def example_batch(self) -> Batch:
+        return self.train_batch(DataPosition())
+
+
+class ClassificationLoss:
+    """Softmax cross-entropy on integer labels; outputs are logits [b, num_classes]."""
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        labels, mask = batch["targets"], batch["mask"]
+        loss = losses.softmax_cross_entropy(outputs, labels, mask)
+        return loss, {"accuracy": losses.accuracy(outputs, labels, mask)}
+
+
+class BinaryClassificationLoss:
+    """Binary cross-entropy on 0/1 labels; outputs are one logit per example [b, 1]."""
+
+    num_outputs = 1
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        logits, labels, mask = outputs[..., 0], batch["targets"], batch["mask"]
+        loss = losses.binary_cross_entropy(logits, labels, mask)
+        return loss, {"accuracy": losses.binary_accuracy(logits, labels, mask)}
+
+
+def describe_task(cls: type) -> str:
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+Task = Any  # any object with the methods of ArrayTask; later task families add their own bases

@@ -1,0 +1,116 @@
+"""Image classification: scikit-learn's digits (built in) and MNIST from IDX files.
+
+Inputs [n, y, x, 1] float32 normalised with the training split's mean and standard deviation;
+targets [n] int32 class indices.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from train.tasks.base import ArrayTask, ClassificationLoss, Split
+from train.tasks.idx import read_idx
+
+DIGITS_SPLIT_SEED = 0  # fixed: the digits test set never changes with the run's seed
+
+
+def standardise(splits: dict[str, Split]) -> dict[str, Split]:
+    """Scale every split by the training split's pixel mean and standard deviation."""
+    train_inputs = splits["train"][0]
+    mean, std = train_inputs.mean(), train_inputs.std()
+    return {k: (((x - mean) / std).astype(np.float32), y) for k, (x, y) in splits.items()}
+
+
+def select_classes(inputs: np.ndarray, labels: np.ndarray, classes: tuple[int, ...]) -> Split:
+    """Keep the examples of `classes`, relabelled 0..len(classes)-1 in the order given."""
+    lookup = np.full(max(int(labels.max()), max(classes)) + 1, -1)
+    lookup[list(classes)] = np.arange(len(classes))
+    keep = lookup[labels] >= 0
+    return inputs[keep], lookup[labels[keep]].astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Digits(ClassificationLoss, ArrayTask):
+    """scikit-learn's 8x8 handwritten digits (1797 images), stratified 70/15/15 split."""
+
+    batch_size: int = 64
+    seed: int = 0
+    classes: tuple[int, ...] = tuple(range(10))
+    """Digits to keep, relabelled 0..len-1 in this order (e.g. 5 6 7 8 9 for transfer)."""
+    max_train_examples: int | None = None
+    """Keep only the first this-many training examples (a fixed, seed-independent choice)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [c for c in self.classes if not 0 <= c <= 9]
+        if bad or len(set(self.classes)) != len(self.classes) or not self.classes:
+            raise ValueError(f"task.classes must be distinct digits 0-9, got {self.classes}")
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    def load(self) -> dict[str, Split]:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = (digits.images / 16.0).astype(np.float32)[..., None]  # [n, 8, 8, 1] in [0, 1]
+        inputs, labels = select_classes(images, digits.target, self.classes)
+        x_train, x_rest, y_train, y_rest = train_test_split(
+            inputs, labels, test_size=0.3, stratify=labels, random_state=DIGITS_SPLIT_SEED)
+        x_val, x_test, y_val, y_test = train_test_split(
+            x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=DIGITS_SPLIT_SEED)
+        if self.max_train_examples is not None:
+            x_train, y_train = x_train[: self.max_train_examples], y_train[: self.max_train_examples]
+        return standardise({"train": (x_train, y_train), "validation": (x_val, y_val),
+                            "test": (x_test, y_test)})
+
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def find_idx_file(data_dir: str, stem: str) -> str:
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(os.path.expanduser(data_dir), name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(
+        f"MNIST file {stem}[.gz] not found in {data_dir!r}. Put the four MNIST IDX files there "
+        f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        f"t10k-labels-idx1-ubyte, optionally .gz) or pass --task.data-dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mnist(ClassificationLoss, ArrayTask):
+    """MNIST (or Fashion-MNIST) read from the four IDX files in `data_dir`; nothing is downloaded."""
+
+    data_dir: str = "data/mnist"
+    batch_size: int = 128
+    seed: int = 0
+    validation_size: int = 5000
+    """The last this-many training images form the validation split."""
+
+    @property
+    def num_outputs(self) -> int:
+        return 10
+
+    def load(self) -> dict[str, Split]:
+        raw = {}
+        for split, (image_stem, label_stem) in MNIST_FILES.items():
+            images = read_idx(find_idx_file(self.data_dir, image_stem))
+            labels = read_idx(find_idx_file(self.data_dir, label_stem))
+            if images.ndim != 3 or labels.shape != images.shape[:1]:
+                raise ValueError(f"MNIST {split}: images {images.shape} and labels {labels.shape} "
+                                 f"do not match ([n, rows, cols] and [n])")
+            raw[split] = ((images.astype(np.float32) / 255.0)[..., None], labels.astype(np.int32))
+        x, y = raw["train"]
+        if not 0 < self.validation_size < len(y):
+            raise ValueError(f"task.validation_size must be in (0, {len(y)}), got {self.validation_size}")
+        cut = len(y) - self.validation_size
+        return standardise({"train": (x[:cut], y[:cut]), "validation": (x[cut:], y[cut:]),
+                            "test": raw["test"]})
