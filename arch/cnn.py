@@ -48,19 +48,32 @@ class LeNet(nn.Module):
         window = (self.pool_size, self.pool_size)
         for i, width in enumerate(self.channels):
             kernel = (self.kernel_size, self.kernel_size)
-            x = nn.Conv(width, kernel, strides=self.stride, padding=self.padding, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name=f"conv_{i}")(x)
+            x = nn.Conv(
+                width,
+                kernel,
+                strides=self.stride,
+                padding=self.padding,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"conv_{i}",
+            )(x)
             x = act(x)
             x = nn.max_pool(x, window, strides=window, padding="SAME")  # [b, y/p, x/p, c_i]
         x = x.reshape(x.shape[0], -1)  # [b, y*x*c]
         for i, width in enumerate(self.dense_sizes):
-            x = act(nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"dense_{i}")(x))
+            x = act(
+                nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"dense_{i}")(
+                    x
+                )
+            )
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        return nn.Dense(
+            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )(x)
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with BatchNorm; the input is added back (projected if its shape changes)."""
+    """Two 3x3 convolutions with BatchNorm; the input is added back (projected if shapes differ)."""
 
     channels: int
     stride: int
@@ -69,11 +82,24 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        conv = lambda c, k, s, name: nn.Conv(c, (k, k), strides=s, padding="SAME", use_bias=False,
-                                             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        conv = lambda c, k, s, name: nn.Conv(
+            c,
+            (k, k),
+            strides=s,
+            padding="SAME",
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
         # running statistics are kept in float32 whatever the compute dtype
-        norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                         dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        norm = lambda name: nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
         residual = x
         y = nn.relu(norm("norm_0")(conv(self.channels, 3, self.stride, "conv_0")(x)))
         y = norm("norm_1")(conv(self.channels, 3, 1, "conv_1")(y))  # [b, y/s, x/s, c]
@@ -83,7 +109,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Small ResNet: a stem convolution, stages of residual blocks with BatchNorm, average pool, head."""
+    """Small ResNet: a stem convolution, stages of BatchNorm residual blocks, average pool, head."""
 
     num_outputs: int = 10
     stage_channels: tuple[int, ...] = (16, 32)
@@ -94,14 +120,31 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         x = as_images(inputs, "ResNet")  # [b, y, x, c]
-        x = nn.Conv(self.stage_channels[0], (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="stem")(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, name="stem_norm")(x))
+        x = nn.Conv(
+            self.stage_channels[0],
+            (3, 3),
+            padding="SAME",
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="stem",
+        )(x)
+        x = nn.relu(
+            nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="stem_norm",
+            )(x)
+        )
         for stage, width in enumerate(self.stage_channels):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = ResidualBlock(width, stride, self.dtype, self.param_dtype,
-                                  name=f"stage_{stage}_block_{block}")(x, train=train)
+                x = ResidualBlock(
+                    width, stride, self.dtype, self.param_dtype, name=f"stage_{stage}_block_{block}"
+                )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))  # [b, c]: global average pool
-        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        return nn.Dense(
+            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )(x)

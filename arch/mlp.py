@@ -20,7 +20,9 @@ class Perceptron(nn.Module):
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         x = flatten_examples(inputs)  # [b, f]
         # y = W x + b: a linear decision boundary, whatever loss it is trained with
-        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        return nn.Dense(
+            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )(x)
 
 
 class MLP(nn.Module):
@@ -39,7 +41,11 @@ class MLP(nn.Module):
         x = flatten_examples(inputs)  # [b, f]
         for i, width in enumerate(self.hidden_sizes):
             # h_i = act(W_i h_{i-1} + b_i)
-            x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden_{i}")(x)
+            x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden_{i}")(
+                x
+            )
             x = act(x)  # [b, n_i]
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        return nn.Dense(
+            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )(x)

@@ -20,9 +20,15 @@ from train.tasks import TASKS, describe_task
 
 def choices(registry: dict[str, type], describe_fn) -> type:
     """A tyro subcommand per registered class: its name is the positional argument."""
-    options = tuple(Annotated[cls, tyro.conf.subcommand(name, default=cls(), prefix_name=False,
-                                                        description=describe_fn(cls))]
-                    for name, cls in registry.items())
+    options = tuple(
+        Annotated[
+            cls,
+            tyro.conf.subcommand(
+                name, default=cls(), prefix_name=False, description=describe_fn(cls)
+            ),
+        ]
+        for name, cls in registry.items()
+    )
     return Union[options]  # noqa: UP007 - a Union built at run time
 
 
@@ -50,12 +56,17 @@ def main(argv: list[str] | None = None) -> dict:
     if argv[:1] == ["--list"]:
         print(listing())
         return {}
-    command = tyro.cli(Command, args=argv, config=(tyro.conf.CascadeSubcommandArgs,),
-                       description=__doc__.splitlines()[0])
+    command = tyro.cli(
+        Command,
+        args=argv,
+        config=(tyro.conf.CascadeSubcommandArgs,),
+        description=__doc__.splitlines()[0],
+    )
     run = command.run
     if run.run_dir is None:
-        run = dataclasses.replace(run, run_dir=f"runs/{name_of(MODELS, command.model)}-"
-                                               f"{name_of(TASKS, command.task)}")
+        run = dataclasses.replace(
+            run, run_dir=f"runs/{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
+        )
     result = fit(command.model, command.task, command.optim, run)
     print(f"run directory: {run.run_dir}")
     return result.summary

@@ -26,11 +26,17 @@ def format_metrics(metrics: dict[str, float]) -> str:
 class MetricsLogger:
     """Writes each logged record to metrics.jsonl and TensorBoard, and reports progress."""
 
-    def __init__(self, run_dir: str | None, total_steps: int, progress: Progress = "auto",
-                 tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: str | None,
+        total_steps: int,
+        progress: Progress = "auto",
+        tensorboard: bool = True,
+    ):
         self.run_dir = run_dir
         self.records: list[dict[str, Any]] = []
-        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "w") if run_dir else None
+        # closed in close(), which fit() calls in a finally block
+        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "w") if run_dir else None  # noqa: SIM115
         self.tensorboard = None
         if run_dir and tensorboard:
             from tensorboardX import SummaryWriter
@@ -39,7 +45,9 @@ class MetricsLogger:
         if progress == "auto":
             progress = "bar" if sys.stderr.isatty() else "lines"
         self.progress = progress
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if progress == "bar" else None
+        self.bar = (
+            tqdm(total=total_steps, unit="step", dynamic_ncols=True) if progress == "bar" else None
+        )
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         record = {"step": step, "split": split, **metrics}
@@ -53,8 +61,10 @@ class MetricsLogger:
         if self.bar is not None:
             if split == "train":
                 self.bar.n = step
-                self.bar.set_postfix(loss=f"{metrics['loss']:.4g}",
-                                     ex_s=f"{metrics.get('examples_per_second', 0):,.0f}")
+                self.bar.set_postfix(
+                    loss=f"{metrics['loss']:.4g}",
+                    ex_s=f"{metrics.get('examples_per_second', 0):,.0f}",
+                )
             else:
                 self.bar.write(f"step {step} {split}: {format_metrics(metrics)}")
         elif self.progress == "lines":

@@ -19,7 +19,13 @@ import jax
 import numpy as np
 
 from train.logger import MetricsLogger, Progress
-from train.optim import OptimConfig, frozen_labels, learning_rate_schedule, make_optimizer, param_path
+from train.optim import (
+    OptimConfig,
+    frozen_labels,
+    learning_rate_schedule,
+    make_optimizer,
+    param_path,
+)
 from train.runtime import enable_compilation_cache
 from train.state import TrainState, parameter_count
 from train.step import init_state, make_eval_step, make_train_step
@@ -63,15 +69,21 @@ class FitResult:
 
 def module_config(model: nn.Module) -> dict[str, Any]:
     """A Module's configuration: its dataclass fields, without Flax's parent and name."""
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-              if f.name not in ("parent", "name")}
+    fields = {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in ("parent", "name")
+    }
     return {"class": type(model).__name__, **fields}
 
 
 def run_config_dict(model: nn.Module, task: Any, optim: OptimConfig, run: RunConfig) -> dict:
-    return {"model": module_config(model),
-            "task": {"class": type(task).__name__, **dataclasses.asdict(task)},
-            "optim": dataclasses.asdict(optim), "run": dataclasses.asdict(run)}
+    return {
+        "model": module_config(model),
+        "task": {"class": type(task).__name__, **dataclasses.asdict(task)},
+        "optim": dataclasses.asdict(optim),
+        "run": dataclasses.asdict(run),
+    }
 
 
 def match_outputs(model: nn.Module, task: Any) -> nn.Module:
@@ -84,9 +96,11 @@ def match_outputs(model: nn.Module, task: Any) -> nn.Module:
         return model
     default = next(f.default for f in dataclasses.fields(model) if f.name == "num_outputs")
     if model.num_outputs != default:
-        raise ValueError(f"model.num_outputs is {model.num_outputs} but task {type(task).__name__} "
-                         f"needs {task.num_outputs}; drop --model.num-outputs or set it to "
-                         f"{task.num_outputs}")
+        raise ValueError(
+            f"model.num_outputs is {model.num_outputs} but task {type(task).__name__} "
+            f"needs {task.num_outputs}; drop --model.num-outputs or set it to "
+            f"{task.num_outputs}"
+        )
     return model.clone(num_outputs=task.num_outputs)
 
 
@@ -96,9 +110,11 @@ def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
     shape = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], inputs).shape
     expected = (inputs.shape[0], task.num_outputs)
     if tuple(shape) != expected:
-        raise ValueError(f"{type(model).__name__} outputs shape {tuple(shape)} on "
-                         f"{type(task).__name__} inputs {tuple(inputs.shape)}, but the task's loss "
-                         f"needs {expected}; set --model.num-outputs {task.num_outputs}")
+        raise ValueError(
+            f"{type(model).__name__} outputs shape {tuple(shape)} on "
+            f"{type(task).__name__} inputs {tuple(inputs.shape)}, but the task's loss "
+            f"needs {expected}; set --model.num-outputs {task.num_outputs}"
+        )
 
 
 def check_freeze_patterns(params: Any, optim: OptimConfig) -> None:
@@ -108,32 +124,43 @@ def check_freeze_patterns(params: Any, optim: OptimConfig) -> None:
     labels = jax.tree.leaves(frozen_labels(params, optim.freeze))
     for pattern in optim.freeze:
         if not any(re.search(pattern, p) for p in paths):
-            raise ValueError(f"optim.freeze pattern {pattern!r} matches no parameter; the "
-                             f"parameters are {paths}")
+            raise ValueError(
+                f"optim.freeze pattern {pattern!r} matches no parameter; the parameters are {paths}"
+            )
     if all(label == "frozen" for label in labels):
-        raise ValueError(f"optim.freeze {optim.freeze} freezes every parameter; nothing would train")
+        raise ValueError(
+            f"optim.freeze {optim.freeze} freezes every parameter; nothing would train"
+        )
 
 
-def evaluate(eval_step, state: TrainState, task: Any, split: str, batch_size: int) -> dict[str, float]:
+def evaluate(
+    eval_step, state: TrainState, task: Any, split: str, batch_size: int
+) -> dict[str, float]:
     """Metrics over every example of `split`: batch means weighted by their real examples."""
     batches = [eval_step(state, batch) for batch in task.eval_batches(split, batch_size)]
     batches = jax.device_get(batches)
     counts = np.array([b["count"] for b in batches])
-    return {key: float(np.sum([b[key] for b in batches] * counts) / counts.sum())
-            for key in batches[0] if key != "count"}
+    return {
+        key: float(np.sum([b[key] for b in batches] * counts) / counts.sum())
+        for key in batches[0]
+        if key != "count"
+    }
 
 
 def first_non_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int) -> str | None:
     for offset, metrics in enumerate(step_metrics):
         for key, value in metrics.items():
             if not np.all(np.isfinite(value)):
-                return (f"non-finite {key} ({float(value)}) at step {first_step + offset}; "
-                        f"lower --optim.lr or set --optim.clip-norm")
+                return (
+                    f"non-finite {key} ({float(value)}) at step {first_step + offset}; "
+                    f"lower --optim.lr or set --optim.clip-norm"
+                )
     return None
 
 
-def fit(model: nn.Module, task: Any, optim: OptimConfig = OptimConfig(),
-        run: RunConfig = RunConfig()) -> FitResult:
+def fit(
+    model: nn.Module, task: Any, optim: OptimConfig = OptimConfig(), run: RunConfig = RunConfig()
+) -> FitResult:
     """Train `model` on `task` with `optim` for `run.steps` steps through the shared train step."""
     start = time.perf_counter()
     if run.compilation_cache:
@@ -154,12 +181,16 @@ def fit(model: nn.Module, task: Any, optim: OptimConfig = OptimConfig(),
     compile_start = time.perf_counter()
     train_step = make_train_step(model, task, tx).lower(state, batch).compile()
     eval_step = make_eval_step(model, task)
-    eval_step = eval_step.lower(state, next(task.eval_batches("validation", run.eval_batch_size))).compile()
+    eval_step = eval_step.lower(
+        state, next(task.eval_batches("validation", run.eval_batch_size))
+    ).compile()
     compile_time = time.perf_counter() - compile_start
 
     logger = MetricsLogger(run.run_dir, run.steps, run.progress, run.tensorboard)
-    logger.message(f"{type(model).__name__} ({parameter_count(state.params):,} parameters) on "
-                   f"{type(task).__name__}: {run.steps} steps, compiled in {compile_time:.2f} s")
+    logger.message(
+        f"{type(model).__name__} ({parameter_count(state.params):,} parameters) on "
+        f"{type(task).__name__}: {run.steps} steps, compiled in {compile_time:.2f} s"
+    )
     pending: list[dict[str, jax.Array]] = []
     train_time, interval_start, interval_first = 0.0, time.perf_counter(), 0
     try:
@@ -183,22 +214,38 @@ def fit(model: nn.Module, task: Any, optim: OptimConfig = OptimConfig(),
             logger.log(step, "train", means)
             pending, interval_first = [], step
             if step % run.eval_every == 0 or step == run.steps:
-                logger.log(step, "validation", evaluate(eval_step, state, task, "validation",
-                                                        run.eval_batch_size))
+                logger.log(
+                    step,
+                    "validation",
+                    evaluate(eval_step, state, task, "validation", run.eval_batch_size),
+                )
             interval_start = time.perf_counter()
-        final = {split: evaluate(eval_step, state, task, split, run.eval_batch_size) for split in SPLITS}
+        final = {
+            split: evaluate(eval_step, state, task, split, run.eval_batch_size) for split in SPLITS
+        }
     finally:
         logger.close()
     summary = {
-        "model": type(model).__name__, "task": type(task).__name__, "steps": run.steps,
-        "parameters": parameter_count(state.params), "final": final,
-        "wall_time": time.perf_counter() - start, "compile_time": compile_time,
-        "train_time": train_time, "examples_per_second": run.steps * task.batch_size / train_time,
-        "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+        "model": type(model).__name__,
+        "task": type(task).__name__,
+        "steps": run.steps,
+        "parameters": parameter_count(state.params),
+        "final": final,
+        "wall_time": time.perf_counter() - start,
+        "compile_time": compile_time,
+        "train_time": train_time,
+        "examples_per_second": run.steps * task.batch_size / train_time,
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
     }
     if run.run_dir:
         with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-    logger.message("final " + " | ".join(f"{s}: {m.get('accuracy', math.nan):.4f} accuracy, "
-                                         f"{m['loss']:.4f} loss" for s, m in final.items()))
+    logger.message(
+        "final "
+        + " | ".join(
+            f"{s}: {m.get('accuracy', math.nan):.4f} accuracy, {m['loss']:.4f} loss"
+            for s, m in final.items()
+        )
+    )
     return FitResult(state=state, summary=summary, history=logger.records)

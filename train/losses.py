@@ -18,19 +18,29 @@ def masked_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
     """-log softmax(logits)[label], averaged. logits [b, k], integer labels [b]."""
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels
+    )
     return masked_mean(per_example, mask)
 
 
-def binary_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def binary_cross_entropy(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
     """-[y log sigma(z) + (1 - y) log(1 - sigma(z))], from logits z for numerical stability."""
-    per_example = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.float32))
+    per_example = optax.sigmoid_binary_cross_entropy(
+        logits.astype(jnp.float32), labels.astype(jnp.float32)
+    )
     return masked_mean(per_example, mask)
 
 
-def mean_squared_error(predictions: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def mean_squared_error(
+    predictions: jax.Array, targets: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
     """(prediction - target)^2, averaged over every element (and the valid examples)."""
     per_element = jnp.square(predictions.astype(jnp.float32) - targets.astype(jnp.float32))
     if mask is not None:
@@ -43,6 +53,8 @@ def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
     return masked_mean(jnp.argmax(logits, axis=-1) == labels, mask)
 
 
-def binary_accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def binary_accuracy(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
     """Fraction of examples on the right side of the decision boundary logit = 0."""
     return masked_mean((logits > 0) == (labels > 0.5), mask)

@@ -1,7 +1,7 @@
 """The optimizer from a config, built entirely from optax transformations.
 
-    clip (global norm) -> weight decay -> SGD / momentum / Adam / AdamW with a schedule
-    wrapped in optax.MultiSteps for gradient accumulation, and optax.multi_transform to freeze.
+clip (global norm) -> weight decay -> SGD / momentum / Adam / AdamW with a schedule
+wrapped in optax.MultiSteps for gradient accumulation, and optax.multi_transform to freeze.
 """
 
 import dataclasses
@@ -58,7 +58,9 @@ class OptimConfig:
             try:
                 re.compile(pattern)
             except re.error as e:
-                problems.append(f"optim.freeze pattern {pattern!r} is not a regular expression: {e}")
+                problems.append(
+                    f"optim.freeze pattern {pattern!r} is not a regular expression: {e}"
+                )
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -85,7 +87,9 @@ def frozen_labels(params, patterns: tuple[str, ...]):
     """A pytree of 'frozen' / 'trainable' labels, one per parameter."""
     compiled = [re.compile(p) for p in patterns]
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if any(c.search(param_path(path)) for c in compiled) else "trainable",
+        lambda path, _: (
+            "frozen" if any(c.search(param_path(path)) for c in compiled) else "trainable"
+        ),
         params,
     )
 
@@ -102,8 +106,16 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
     if config.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(config.clip_norm))
     if config.name == "adamw":
-        parts.append(optax.adamw(schedule, config.b1, config.b2, config.eps,
-                                 weight_decay=config.weight_decay, mask=decay_mask))
+        parts.append(
+            optax.adamw(
+                schedule,
+                config.b1,
+                config.b2,
+                config.eps,
+                weight_decay=config.weight_decay,
+                mask=decay_mask,
+            )
+        )
     else:
         if config.weight_decay > 0:
             parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))

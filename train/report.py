@@ -14,7 +14,7 @@ def experiment_dir(name: str, run_dir: str | None = None) -> str:
 
 
 def write_results(run_dir: str, results: dict[str, Any]) -> str:
-    """Write results.json (the claim, the numbers and whether the claim held) and return its path."""
+    """Write results.json (the claim, its numbers, whether it held); return the path."""
     path = os.path.join(run_dir, "results.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=float)

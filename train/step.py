@@ -25,8 +25,15 @@ class LossTask(Protocol):
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]: ...
 
 
-def apply_model(model: nn.Module, state: TrainState, params: PyTree, inputs: jax.Array, *, train: bool,
-                rng: jax.Array | None = None) -> tuple[jax.Array, PyTree]:
+def apply_model(
+    model: nn.Module,
+    state: TrainState,
+    params: PyTree,
+    inputs: jax.Array,
+    *,
+    train: bool,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, PyTree]:
     """Forward pass; returns the outputs and the updated model state (e.g. BatchNorm statistics).
 
     In training the non-parameter collections are mutable; in evaluation they are read only.
@@ -34,16 +41,21 @@ def apply_model(model: nn.Module, state: TrainState, params: PyTree, inputs: jax
     variables = {"params": params, **state.model_state}
     rngs = {"dropout": rng} if rng is not None else None
     if train and state.model_state:
-        return model.apply(variables, inputs, train=True, rngs=rngs, mutable=list(state.model_state))
+        return model.apply(
+            variables, inputs, train=True, rngs=rngs, mutable=list(state.model_state)
+        )
     return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
 
 
-def make_train_step(model: nn.Module, task: LossTask, tx: optax.GradientTransformation
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+def make_train_step(
+    model: nn.Module, task: LossTask, tx: optax.GradientTransformation
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated."""
 
     def loss_fn(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array):
-        outputs, model_state = apply_model(model, state, params, batch["inputs"], train=True, rng=rng)
+        outputs, model_state = apply_model(
+            model, state, params, batch["inputs"], train=True, rng=rng
+        )
         loss, metrics = task.loss(outputs, batch)
         return loss, (metrics, model_state)
 
@@ -60,8 +72,9 @@ def make_train_step(model: nn.Module, task: LossTask, tx: optax.GradientTransfor
             "param_norm": optax.global_norm(params),
             "update_norm": optax.global_norm(updates),
         }
-        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                                  opt_state=opt_state)
+        new_state = state.replace(
+            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+        )
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0)
@@ -82,8 +95,9 @@ def make_eval_step(model: nn.Module, task: LossTask) -> Callable[[TrainState, Ba
     return jax.jit(eval_step)
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, example_inputs: jax.Array,
-               seed: int) -> TrainState:
+def init_state(
+    model: nn.Module, tx: optax.GradientTransformation, example_inputs: jax.Array, seed: int
+) -> TrainState:
     """Initialise parameters (inside jit: eager init is slow), model state and optimizer state."""
     key = jax.random.key(seed)
     init_key, dropout_key, run_key = jax.random.split(key, 3)
@@ -93,7 +107,12 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example_input
         variables = model.init({"params": init_key, "dropout": dropout_key}, example, train=False)
         variables = dict(variables)
         params = variables.pop("params")
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                          opt_state=tx.init(params), rng=run_key)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state=variables,
+            opt_state=tx.init(params),
+            rng=run_key,
+        )
 
     return init(example_inputs)

@@ -12,5 +12,14 @@ TASKS: dict[str, type] = {
     "mnist": Mnist,
 }
 
-__all__ = ["TASKS", "ArrayTask", "Blobs", "Circles", "DataPosition", "Digits", "Mnist", "Xor",
-           "describe_task"]
+__all__ = [
+    "TASKS",
+    "ArrayTask",
+    "Blobs",
+    "Circles",
+    "DataPosition",
+    "Digits",
+    "Mnist",
+    "Xor",
+    "describe_task",
+]

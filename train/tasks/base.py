@@ -70,8 +70,10 @@ class ArrayTask:
     def steps_per_epoch(self) -> int:
         n = self.num_examples("train")
         if self.batch_size > n:
-            raise ValueError(f"task.batch_size {self.batch_size} is larger than the {n} training "
-                             f"examples of {type(self).__name__}; lower --task.batch-size")
+            raise ValueError(
+                f"task.batch_size {self.batch_size} is larger than the {n} training "
+                f"examples of {type(self).__name__}; lower --task.batch-size"
+            )
         return n // self.batch_size  # the remainder of an epoch is dropped; each epoch reshuffles
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -81,10 +83,14 @@ class ArrayTask:
     def train_batch(self, position: DataPosition) -> Batch:
         """The training batch at `position`; the same position always gives the same batch."""
         inputs, targets = self.data["train"]
-        rows = self.epoch_order(position.epoch)[position.index * self.batch_size:
-                                                 (position.index + 1) * self.batch_size]
-        return {"inputs": inputs[rows], "targets": targets[rows],
-                "mask": np.ones(len(rows), np.float32)}
+        rows = self.epoch_order(position.epoch)[
+            position.index * self.batch_size : (position.index + 1) * self.batch_size
+        ]
+        return {
+            "inputs": inputs[rows],
+            "targets": targets[rows],
+            "mask": np.ones(len(rows), np.float32),
+        }
 
     def next_position(self, position: DataPosition) -> DataPosition:
         if position.index + 1 < self.steps_per_epoch:

@@ -25,12 +25,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
     ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(IDX_TYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
-    body = data[4 + 4 * ndim:]
+    body = data[4 + 4 * ndim :]
     if len(body) != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes), file holds {len(body)}")
+        raise ValueError(
+            f"{path}: header says shape {shape} ({expected} bytes), file holds {len(body)}"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -39,7 +41,9 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     array = np.asarray(array)
     code = IDX_CODES.get(array.dtype.newbyteorder("="))
     if code is None:
-        raise ValueError(f"IDX cannot store dtype {array.dtype}; use one of {list(IDX_TYPES.values())}")
+        raise ValueError(
+            f"IDX cannot store dtype {array.dtype}; use one of {list(IDX_TYPES.values())}"
+        )
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     with _open(path, "wb") as f:
         f.write(header + array.astype(IDX_TYPES[code]).tobytes())

@@ -59,13 +59,19 @@ class Digits(ClassificationLoss, ArrayTask):
         images = (digits.images / 16.0).astype(np.float32)[..., None]  # [n, 8, 8, 1] in [0, 1]
         inputs, labels = select_classes(images, digits.target, self.classes)
         x_train, x_rest, y_train, y_rest = train_test_split(
-            inputs, labels, test_size=0.3, stratify=labels, random_state=DIGITS_SPLIT_SEED)
+            inputs, labels, test_size=0.3, stratify=labels, random_state=DIGITS_SPLIT_SEED
+        )
         x_val, x_test, y_val, y_test = train_test_split(
-            x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=DIGITS_SPLIT_SEED)
+            x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=DIGITS_SPLIT_SEED
+        )
         if self.max_train_examples is not None:
-            x_train, y_train = x_train[: self.max_train_examples], y_train[: self.max_train_examples]
-        return standardise({"train": (x_train, y_train), "validation": (x_val, y_val),
-                            "test": (x_test, y_test)})
+            x_train, y_train = (
+                x_train[: self.max_train_examples],
+                y_train[: self.max_train_examples],
+            )
+        return standardise(
+            {"train": (x_train, y_train), "validation": (x_val, y_val), "test": (x_test, y_test)}
+        )
 
 
 MNIST_FILES = {
@@ -82,12 +88,13 @@ def find_idx_file(data_dir: str, stem: str) -> str:
     raise FileNotFoundError(
         f"MNIST file {stem}[.gz] not found in {data_dir!r}. Put the four MNIST IDX files there "
         f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        f"t10k-labels-idx1-ubyte, optionally .gz) or pass --task.data-dir")
+        f"t10k-labels-idx1-ubyte, optionally .gz) or pass --task.data-dir"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Mnist(ClassificationLoss, ArrayTask):
-    """MNIST (or Fashion-MNIST) read from the four IDX files in `data_dir`; nothing is downloaded."""
+    """MNIST (or Fashion-MNIST) from the four IDX files in `data_dir`; nothing is downloaded."""
 
     data_dir: str = "data/mnist"
     batch_size: int = 128
@@ -105,12 +112,17 @@ class Mnist(ClassificationLoss, ArrayTask):
             images = read_idx(find_idx_file(self.data_dir, image_stem))
             labels = read_idx(find_idx_file(self.data_dir, label_stem))
             if images.ndim != 3 or labels.shape != images.shape[:1]:
-                raise ValueError(f"MNIST {split}: images {images.shape} and labels {labels.shape} "
-                                 f"do not match ([n, rows, cols] and [n])")
+                raise ValueError(
+                    f"MNIST {split}: images {images.shape} and labels {labels.shape} "
+                    f"do not match ([n, rows, cols] and [n])"
+                )
             raw[split] = ((images.astype(np.float32) / 255.0)[..., None], labels.astype(np.int32))
         x, y = raw["train"]
         if not 0 < self.validation_size < len(y):
-            raise ValueError(f"task.validation_size must be in (0, {len(y)}), got {self.validation_size}")
+            raise ValueError(
+                f"task.validation_size must be in (0, {len(y)}), got {self.validation_size}"
+            )
         cut = len(y) - self.validation_size
-        return standardise({"train": (x[:cut], y[:cut]), "validation": (x[cut:], y[cut:]),
-                            "test": raw["test"]})
+        return standardise(
+            {"train": (x[:cut], y[:cut]), "validation": (x[cut:], y[cut:]), "test": raw["test"]}
+        )

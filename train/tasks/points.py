@@ -21,8 +21,10 @@ class PointsTask(BinaryClassificationLoss, ArrayTask):
 
     def load(self) -> dict[str, Split]:
         sizes = {"train": self.num_train, "validation": self.num_eval, "test": self.num_eval}
-        return {split: self.sample(np.random.default_rng([self.seed, 1000 + i]), n)
-                for i, (split, n) in enumerate(sizes.items())}
+        return {
+            split: self.sample(np.random.default_rng([self.seed, 1000 + i]), n)
+            for i, (split, n) in enumerate(sizes.items())
+        }
 
 
 @dataclasses.dataclass(frozen=True)
