@@ -159,9 +159,17 @@ def first_non_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int)
 
 
 def fit(
-    model: nn.Module, task: Any, optim: OptimConfig = OptimConfig(), run: RunConfig = RunConfig()
+    model: nn.Module,
+    task: Any,
+    optim: OptimConfig = OptimConfig(),
+    run: RunConfig = RunConfig(),
+    init_params: Any = None,
 ) -> FitResult:
-    """Train `model` on `task` with `optim` for `run.steps` steps through the shared train step."""
+    """Train `model` on `task` with `optim` for `run.steps` steps through the shared train step.
+
+    `init_params` (optional) replaces the matching part of the freshly initialised parameters,
+    e.g. pretrained convolutions for transfer learning (see train.step.merge_params).
+    """
     start = time.perf_counter()
     if run.compilation_cache:
         enable_compilation_cache()
@@ -175,7 +183,7 @@ def fit(
             json.dump(run_config_dict(model, task, optim, run), f, indent=2, default=str)
 
     tx = make_optimizer(optim, run.steps)
-    state = init_state(model, tx, batch["inputs"], run.seed)
+    state = init_state(model, tx, batch["inputs"], run.seed, init_params)
     check_freeze_patterns(state.params, optim)
     schedule = learning_rate_schedule(optim, max(run.steps // optim.accumulate, 1))
     compile_start = time.perf_counter()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -95,18 +96,47 @@ def make_eval_step(model: nn.Module, task: LossTask) -> Callable[[TrainState, Ba
     return jax.jit(eval_step)
 
 
+def merge_params(fresh: PyTree, given: PyTree) -> PyTree:
+    """`fresh` with every parameter that `given` also holds replaced by `given`'s.
+
+    Used to start from pretrained weights: `given` may be a part of the tree (e.g. only the
+    convolutions); a path that the model lacks, or a shape that differs, is an error.
+    """
+    flat_fresh = flax.traverse_util.flatten_dict(fresh, sep="/")
+    flat_given = flax.traverse_util.flatten_dict(given, sep="/")
+    unknown = sorted(set(flat_given) - set(flat_fresh))
+    if unknown:
+        raise ValueError(f"init_params has parameters the model lacks: {unknown}")
+    for path, value in flat_given.items():
+        if value.shape != flat_fresh[path].shape:
+            raise ValueError(
+                f"init_params {path} has shape {value.shape}, the model needs "
+                f"{flat_fresh[path].shape}"
+            )
+    return flax.traverse_util.unflatten_dict({**flat_fresh, **flat_given}, sep="/")
+
+
 def init_state(
-    model: nn.Module, tx: optax.GradientTransformation, example_inputs: jax.Array, seed: int
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    example_inputs: jax.Array,
+    seed: int,
+    init_params: PyTree | None = None,
 ) -> TrainState:
-    """Initialise parameters (inside jit: eager init is slow), model state and optimizer state."""
+    """Initialise parameters (inside jit: eager init is slow), model state and optimizer state.
+
+    `init_params`, if given, replaces the matching part of the fresh parameters (see merge_params).
+    """
     key = jax.random.key(seed)
     init_key, dropout_key, run_key = jax.random.split(key, 3)
 
     @jax.jit
-    def init(example):
+    def init(example, given):
         variables = model.init({"params": init_key, "dropout": dropout_key}, example, train=False)
         variables = dict(variables)
         params = variables.pop("params")
+        if given is not None:
+            params = merge_params(params, given)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -115,4 +145,4 @@ def init_state(
             rng=run_key,
         )
 
-    return init(example_inputs)
+    return init(example_inputs, init_params)
