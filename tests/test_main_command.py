@@ -1,0 +1,37 @@
+"""The `python -m train` entry point as a user runs it: a separate process, real exit codes."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train", *args], capture_output=True, text=True)
+
+
+def test_train_command_trains_and_writes_summary(tmp_path):
+    result = run(
+        "perceptron",
+        "blobs",
+        "--steps",
+        "60",
+        "--optim.lr",
+        "0.05",
+        "--run-dir",
+        str(tmp_path),
+        "--progress",
+        "off",
+        "--no-tensorboard",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"run directory: {tmp_path}" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == "Perceptron" and summary["steps"] == 60
+    assert summary["final"]["test"]["accuracy"] >= 0.99  # blobs are linearly separable
+
+
+def test_unknown_model_exits_with_error_naming_the_choices(tmp_path):
+    result = run("lenett", "digits", "--run-dir", str(tmp_path))
+    assert result.returncode != 0
+    assert "lenet" in result.stdout + result.stderr
+    assert not (tmp_path / "summary.json").exists()
