@@ -43,7 +43,8 @@ class RunConfig:
     seed: int = 0
     """Seed of parameter initialisation and dropout (the task's own seed orders the data)."""
     run_dir: str | None = None
-    """Where to write config.json, metrics.jsonl, summary.json, TensorBoard (None: nowhere)."""
+    """Where to write config.json, metrics.jsonl, summary.json, TensorBoard (None: nowhere;
+    `python -m train` then uses runs/MODEL-TASK)."""
     eval_batch_size: int = 512
     compilation_cache: bool = True
     """Keep compiled programs in a user cache directory so the next start skips compilation."""
@@ -137,14 +138,10 @@ def evaluate(
     eval_step, state: TrainState, task: Any, split: str, batch_size: int
 ) -> dict[str, float]:
     """Metrics over every example of `split`: batch means weighted by their real examples."""
-    batches = [eval_step(state, batch) for batch in task.eval_batches(split, batch_size)]
-    batches = jax.device_get(batches)
+    batches = jax.device_get([eval_step(state, b) for b in task.eval_batches(split, batch_size)])
     counts = np.array([b["count"] for b in batches])
-    return {
-        key: float(np.sum([b[key] for b in batches] * counts) / counts.sum())
-        for key in batches[0]
-        if key != "count"
-    }
+    keys = [key for key in batches[0] if key != "count"]
+    return {key: float(np.dot([b[key] for b in batches], counts) / counts.sum()) for key in keys}
 
 
 def first_non_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int) -> str | None:
