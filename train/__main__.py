@@ -15,6 +15,7 @@ import tyro
 from arch import MODELS, describe
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
+from train.report import format_table
 from train.tasks import TASKS, describe_task
 
 
@@ -68,7 +69,15 @@ def main(argv: list[str] | None = None) -> dict:
             run, run_dir=f"runs/{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
         )
     result = fit(command.model, command.task, command.optim, run)
-    print(f"run directory: {run.run_dir}")
+    summary = result.summary
+    print(
+        format_table([{"split": split, **metrics} for split, metrics in summary["final"].items()])
+    )
+    print(
+        f"{summary['parameters']:,} parameters, {summary['steps']} steps in "
+        f"{summary['wall_time']:.1f} s (compile {summary['compile_time']:.2f} s, "
+        f"{summary['examples_per_second']:,.0f} examples/s); run directory: {run.run_dir}"
+    )
     return result.summary
 
 

@@ -8,7 +8,6 @@ config.json, metrics.jsonl, summary.json and TensorBoard events.
 
 import dataclasses
 import json
-import math
 import os
 import re
 import time
@@ -246,11 +245,4 @@ def fit(
     if run.run_dir:
         with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-    logger.message(
-        "final "
-        + " | ".join(
-            f"{s}: {m.get('accuracy', math.nan):.4f} accuracy, {m['loss']:.4f} loss"
-            for s, m in final.items()
-        )
-    )
     return FitResult(state=state, summary=summary, history=logger.records)
