@@ -144,8 +144,10 @@ def evaluate(
 
 
 def first_non_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int) -> str | None:
+    """The first step with a NaN or infinite metric, naming the loss first if it is one."""
     for offset, metrics in enumerate(step_metrics):
-        for key, value in metrics.items():
+        for key in sorted(metrics, key=lambda k: k != "loss"):
+            value = metrics[key]
             if not np.all(np.isfinite(value)):
                 return (
                     f"non-finite {key} ({float(value)}) at step {first_step + offset}; "

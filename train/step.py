@@ -69,9 +69,9 @@ def make_train_step(
         metrics = {
             "loss": loss,
             **metrics,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
-            "update_norm": optax.global_norm(updates),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "update_norm": optax.tree.norm(updates),
         }
         new_state = state.replace(
             step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state

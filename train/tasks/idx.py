@@ -20,11 +20,16 @@ def _open(path: str | os.PathLike, mode: str):
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The array stored in the IDX file at `path`, in native byte order."""
-    with _open(path, "rb") as f:
-        data = f.read()
+    try:
+        with _open(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path} is a damaged or truncated gzip file: {e}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated inside its header ({len(data)} bytes)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(IDX_TYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize

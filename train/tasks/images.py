@@ -46,6 +46,10 @@ class Digits(ClassificationLoss, ArrayTask):
         bad = [c for c in self.classes if not 0 <= c <= 9]
         if bad or len(set(self.classes)) != len(self.classes) or not self.classes:
             raise ValueError(f"task.classes must be distinct digits 0-9, got {self.classes}")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(
+                f"task.max_train_examples must be >= 1 (or None), got {self.max_train_examples}"
+            )
 
     @property
     def num_outputs(self) -> int:

@@ -1,0 +1,235 @@
+"""fit() and the command line: the run directory, the NaN guard, output sizes, bad input."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from arch import MLP, MODELS, LeNet, Perceptron
+from train.__main__ import main
+from train.loop import NonFiniteError, RunConfig, fit, match_outputs
+from train.optim import OptimConfig
+from train.tasks import TASKS, DataPosition, Digits, Xor
+
+QUIET = dict(progress="off", tensorboard=False, compilation_cache=False)
+TRAIN_KEYS = {
+    "loss",
+    "accuracy",
+    "grad_norm",
+    "param_norm",
+    "update_norm",
+    "lr",
+    "examples_per_second",
+}
+
+
+def test_fit_writes_the_run_directory(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    model, task, optim = MLP(hidden_sizes=(8,)), Xor(noise=0.1), OptimConfig(lr=0.02)
+    run = RunConfig(
+        run_dir=str(run_dir),
+        steps=40,
+        log_every=10,
+        eval_every=20,
+        progress="lines",
+        compilation_cache=False,
+    )
+    result = fit(model, task, optim, run)
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert set(config) == {"model", "task", "optim", "run"}
+    assert config["model"] == {
+        "class": "MLP",
+        "num_outputs": 1,  # set from the task
+        "hidden_sizes": [8],
+        "activation": "relu",
+        "dropout_rate": 0.0,
+        "dtype": "float32",
+        "param_dtype": "float32",
+    }
+    assert config["task"] == {"class": "Xor", **dataclasses.asdict(task)}
+    assert config["optim"] == json.loads(json.dumps(dataclasses.asdict(optim)))
+    assert config["optim"]["lr"] == 0.02 and config["optim"]["name"] == "adam"
+    assert config["run"] == dataclasses.asdict(run)
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records] == [
+        (10, "train"),
+        (20, "train"),
+        (20, "validation"),
+        (30, "train"),
+        (40, "train"),
+        (40, "validation"),
+    ]
+    assert records == result.history
+    for record in records:
+        values = [v for k, v in record.items() if k not in ("step", "split")]
+        assert all(math.isfinite(v) for v in values)
+        if record["split"] == "train":
+            assert set(record) == {"step", "split", *TRAIN_KEYS}
+            assert record["lr"] == pytest.approx(0.02)  # constant schedule
+            assert record["examples_per_second"] > 0 and record["grad_norm"] > 0
+        else:
+            assert set(record) == {"step", "split", "loss", "accuracy"}
+        assert 0 <= record["accuracy"] <= 1
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == result.summary
+    assert set(summary["final"]) == {"train", "validation", "test"}
+    for metrics in summary["final"].values():
+        assert set(metrics) == {"loss", "accuracy"}
+    # the last validation record and the final validation metrics come from the same state
+    assert summary["final"]["validation"] == {k: records[-1][k] for k in ("loss", "accuracy")}
+    assert summary["steps"] == 40 and summary["model"] == "MLP" and summary["task"] == "Xor"
+    assert summary["parameters"] == (2 * 8 + 8) + (8 * 1 + 1)
+    assert summary["wall_time"] > summary["compile_time"] > 0
+    assert summary["examples_per_second"] > 0
+
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    content = events[0].read_bytes()
+    for tag in (b"train/loss", b"train/grad_norm", b"validation/accuracy"):
+        assert tag in content
+
+    printed = capsys.readouterr().out
+    assert "step 10 train: loss " in printed and "step 40 validation: loss " in printed
+
+
+@dataclasses.dataclass(frozen=True)
+class XorWithNanBatch(Xor):
+    """Xor whose fourth training batch is all NaN."""
+
+    def train_batch(self, position: DataPosition) -> dict:
+        batch = super().train_batch(position)
+        if position == DataPosition(0, 3):
+            batch = {**batch, "inputs": np.full_like(batch["inputs"], np.nan)}
+        return batch
+
+
+def test_a_nan_batch_stops_training_at_its_step(tmp_path):
+    run = RunConfig(steps=10, log_every=5, eval_every=5, run_dir=str(tmp_path / "run"), **QUIET)
+    # loss, gradient, parameters and update are all NaN here: the loss is named first
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 4;"):
+        fit(MLP(hidden_sizes=(8,)), XorWithNanBatch(), run=run)
+    # nothing is logged for the interval that held the NaN
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_huge_learning_rate_is_caught_at_the_first_step():
+    run = RunConfig(steps=10, log_every=10, eval_every=10, **QUIET)
+    # one SGD step of size 1e30 puts the parameter norm beyond float32: 1e30**2 overflows
+    with pytest.raises(NonFiniteError, match="non-finite param_norm .* at step 1;") as error:
+        fit(MLP(hidden_sizes=(8,)), Xor(), OptimConfig(name="sgd", lr=1e30), run)
+    assert "--optim.lr" in str(error.value)
+    assert issubclass(NonFiniteError, FloatingPointError)
+
+
+def test_match_outputs_takes_the_size_from_the_task():
+    assert match_outputs(MLP(), Xor()) == MLP(num_outputs=1)
+    assert match_outputs(Perceptron(), Digits()) == Perceptron(num_outputs=10)
+    assert match_outputs(MLP(hidden_sizes=(3,)), Digits(classes=(1, 2))) == MLP(
+        num_outputs=2, hidden_sizes=(3,)
+    )
+    assert match_outputs(LeNet(num_outputs=10), Digits()) == LeNet()
+
+
+def test_an_explicit_wrong_num_outputs_is_refused():
+    with pytest.raises(ValueError, match="needs 10; drop --model.num-outputs or set it to 10"):
+        fit(MLP(num_outputs=7), Digits(), run=RunConfig(steps=1, **QUIET))
+
+
+def run_options(tmp_path, steps: int = 2) -> list[str]:
+    directory = str(tmp_path / "cli")
+    return ["--run-dir", directory, "--progress", "off", "--steps", str(steps)]
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """What the command line printed when it exited with tyro's usage error."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
+def test_cli_unknown_model_lists_the_models(tmp_path, capsys):
+    message = cli_error(capsys, ["mlpp", "digits", *run_options(tmp_path)])
+    assert "mlpp" in message
+    for name in MODELS:
+        assert name in message
+    assert not (tmp_path / "cli").exists()
+
+
+def test_cli_unknown_task_lists_the_tasks(tmp_path, capsys):
+    message = cli_error(capsys, ["mlp", "digitz", *run_options(tmp_path)])
+    assert "digitz" in message
+    for name in TASKS:
+        assert name in message
+    assert not (tmp_path / "cli").exists()
+
+
+def test_cli_negative_learning_rate_is_a_usage_error(tmp_path, capsys):
+    # OptimConfig raises ValueError; tyro turns a ValueError raised while it builds the
+    # config into its usage error (exit status 2) that prints the message
+    message = cli_error(capsys, ["mlp", "xor", "--optim.lr", "-1", *run_options(tmp_path)])
+    assert "optim.lr must be > 0, got -1.0" in message
+    with pytest.raises(ValueError, match="optim.lr must be > 0"):
+        OptimConfig(lr=-1)
+    assert not (tmp_path / "cli").exists()
+
+
+def test_cli_images_model_on_points_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="images") as error:
+        main(["lenet", "xor", *run_options(tmp_path)])
+    assert "LeNet" in str(error.value) and "(32, 2)" in str(error.value)
+    assert not (tmp_path / "cli").exists()  # nothing written: it failed before any work
+
+
+def test_cli_sets_the_fields(tmp_path, capsys):
+    run_dir = tmp_path / "cli"
+    summary = main(
+        [
+            "mlp",
+            "xor",
+            "--model.hidden-sizes",
+            "8",
+            "8",
+            "--optim.lr",
+            "0.01",
+            "--steps",
+            "30",
+            "--run-dir",
+            str(run_dir),
+            "--progress",
+            "off",
+            "--task.batch-size",
+            "16",
+            "--no-compilation-cache",
+            "--no-tensorboard",
+        ]
+    )
+    assert summary["steps"] == 30 and summary["model"] == "MLP" and summary["task"] == "Xor"
+    assert summary["parameters"] == (2 * 8 + 8) + (8 * 8 + 8) + (8 * 1 + 1)
+    assert math.isfinite(summary["final"]["test"]["loss"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["hidden_sizes"] == [8, 8]
+    assert config["optim"]["lr"] == 0.01
+    assert config["task"]["batch_size"] == 16
+    assert config["run"]["steps"] == 30
+    assert config["run"]["compilation_cache"] is False
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert not (run_dir / "tensorboard").exists()
+    assert f"run directory: {run_dir}" in capsys.readouterr().out
+
+
+def test_cli_list_names_every_model_and_task(capsys):
+    assert main(["--list"]) == {}
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0] for line in lines if line.startswith("  ")}
+    assert listed == set(MODELS) | set(TASKS)
+    assert lines[0] == "models:" and "tasks:" in lines
