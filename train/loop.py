@@ -62,6 +62,7 @@ class NonFiniteError(FloatingPointError):
 
 @dataclasses.dataclass
 class FitResult:
+    model: nn.Module  # the model as trained (num_outputs set from the task)
     state: TrainState
     summary: dict[str, Any]
     history: list[dict[str, Any]]
@@ -247,4 +248,4 @@ def fit(
     if run.run_dir:
         with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-    return FitResult(state=state, summary=summary, history=logger.records)
+    return FitResult(model=model, state=state, summary=summary, history=logger.records)

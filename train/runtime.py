@@ -3,6 +3,7 @@
 import os
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 
 def default_cache_dir() -> str:
@@ -21,6 +22,10 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
     """
     cache_dir = cache_dir or default_cache_dir()
     os.makedirs(cache_dir, exist_ok=True)
+    if jax.config.jax_compilation_cache_dir != cache_dir:
+        # JAX decides once, at a process's first compilation, whether it uses a cache: reset
+        # that decision so the cache works even when something was compiled before.
+        compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -127,11 +127,11 @@ def init_state(
 
     `init_params`, if given, replaces the matching part of the fresh parameters (see merge_params).
     """
-    key = jax.random.key(seed)
-    init_key, dropout_key, run_key = jax.random.split(key, 3)
 
     @jax.jit
-    def init(example, given):
+    def init(key, example, given):
+        # the seed is an argument, not a constant: one compiled program serves every seed
+        init_key, dropout_key, run_key = jax.random.split(key, 3)
         variables = model.init({"params": init_key, "dropout": dropout_key}, example, train=False)
         variables = dict(variables)
         params = variables.pop("params")
@@ -145,4 +145,4 @@ def init_state(
             rng=run_key,
         )
 
-    return init(example_inputs, init_params)
+    return init(jax.random.key(seed), example_inputs, init_params)
