@@ -14,6 +14,7 @@ from arch import MLP
 from train.loop import RunConfig, fit
 from train.tasks import Blobs, Circles, DataPosition, Digits, Mnist, Xor
 from train.tasks.idx import read_idx, write_idx
+from train.tasks.images import balanced_subset
 
 # Xor with noise so that every training example is a distinct point
 ARRAY_TASKS = [Xor(noise=0.1), Blobs(), Circles(), Digits()]
@@ -337,3 +338,18 @@ def test_mnist_trains_through_fit(mnist_dir):
     assert 0.0 <= test["accuracy"] <= 1.0
     # 20 test examples: the accuracy is a whole number of them (padding rows do not count)
     assert test["accuracy"] * MNIST_TEST == pytest.approx(round(test["accuracy"] * MNIST_TEST))
+
+
+@pytest.mark.parametrize("n", [10, 23, 50])
+def test_digits_max_train_examples_is_balanced_across_classes(n):
+    labels = Digits(classes=(5, 6, 7, 8, 9), max_train_examples=n).data["train"][1]
+    counts = np.bincount(labels, minlength=5)
+    assert counts.sum() == n
+    assert set(counts) <= {n // 5, n // 5 + 1}  # every digit 5-9 is present, none favoured
+
+
+def test_balanced_subset_keeps_each_class_in_order_and_runs_out_gracefully():
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    np.testing.assert_array_equal(balanced_subset(labels, 4), [0, 1, 4, 5])
+    # class 1 has one example only: the others fill the remaining places
+    np.testing.assert_array_equal(balanced_subset(labels, 6), [0, 1, 2, 4, 5, 6])

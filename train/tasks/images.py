@@ -30,6 +30,18 @@ def select_classes(inputs: np.ndarray, labels: np.ndarray, classes: tuple[int, .
     return inputs[keep], lookup[labels[keep]].astype(np.int32)
 
 
+def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of n examples taken round-robin over the classes, each in its original order.
+
+    Every class gets floor(n / classes) or one more example (while it has examples left).
+    """
+    rank_in_class = np.zeros(len(labels), np.int64)
+    for c in np.unique(labels):
+        rank_in_class[labels == c] = np.arange(np.sum(labels == c))
+    order = np.lexsort((labels, rank_in_class))  # by rank, then by class
+    return np.sort(order[:n])
+
+
 @dataclasses.dataclass(frozen=True)
 class Digits(ClassificationLoss, ArrayTask):
     """scikit-learn's 8x8 handwritten digits (1797 images), stratified 70/15/15 split."""
@@ -39,7 +51,8 @@ class Digits(ClassificationLoss, ArrayTask):
     classes: tuple[int, ...] = tuple(range(10))
     """Digits to keep, relabelled 0..len-1 in this order (e.g. 5 6 7 8 9 for transfer)."""
     max_train_examples: int | None = None
-    """Keep only the first this-many training examples (a fixed, seed-independent choice)."""
+    """Keep this many training examples, balanced across classes (a fixed, seed-independent
+    choice: the first examples of each class in the split's order, taken round-robin)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,10 +82,8 @@ class Digits(ClassificationLoss, ArrayTask):
             x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=DIGITS_SPLIT_SEED
         )
         if self.max_train_examples is not None:
-            x_train, y_train = (
-                x_train[: self.max_train_examples],
-                y_train[: self.max_train_examples],
-            )
+            keep = balanced_subset(y_train, self.max_train_examples)
+            x_train, y_train = x_train[keep], y_train[keep]
         return standardise(
             {"train": (x_train, y_train), "validation": (x_val, y_val), "test": (x_test, y_test)}
         )
