@@ -15,7 +15,9 @@ def masked_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     if mask is None:
         return jnp.mean(values)
     mask = jnp.broadcast_to(mask.astype(jnp.float32), values.shape)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    # where, not a product: a NaN in a padded entry must not leak (0 * nan = nan)
+    total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
+    return total / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def softmax_cross_entropy(

@@ -6,6 +6,7 @@ wrapped in optax.MultiSteps for gradient accumulation, and optax.multi_transform
 
 import dataclasses
 import re
+import typing
 from typing import Literal
 
 import jax
@@ -42,6 +43,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        for field, valid in (("name", OptimizerName), ("schedule", ScheduleName)):
+            if getattr(self, field) not in typing.get_args(valid):
+                problems.append(
+                    f"optim.{field} must be one of {typing.get_args(valid)}, "
+                    f"got {getattr(self, field)!r}"
+                )
         if not self.lr > 0:
             problems.append(f"optim.lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:

@@ -113,7 +113,9 @@ def merge_params(fresh: PyTree, given: PyTree) -> PyTree:
                 f"init_params {path} has shape {value.shape}, the model needs "
                 f"{flat_fresh[path].shape}"
             )
-    return flax.traverse_util.unflatten_dict({**flat_fresh, **flat_given}, sep="/")
+    # the model's param_dtype wins: a float32 checkpoint loads into a bfloat16 model
+    given_cast = {path: value.astype(flat_fresh[path].dtype) for path, value in flat_given.items()}
+    return flax.traverse_util.unflatten_dict({**flat_fresh, **given_cast}, sep="/")
 
 
 def init_state(
