@@ -37,19 +37,15 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import tyro
 
 from arch import MODELS
 from train.loop import RunConfig, fit, match_outputs
 from train.optim import OptimConfig, OptimizerName, make_optimizer
-from train.report import experiment_dir, format_table, write_results
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.step import apply_model, init_state
 from train.tasks import Digits
-
-matplotlib.use("Agg")  # files only: no display, and pyplot picks its backend at the first figure
 
 CLAIM = (
     "In a deep (10-layer) MLP, sigmoid gradients vanish toward the input layers while ReLU "
@@ -158,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_results(out_dir, results)
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = figure(figsize=(8, 5))
     for activation, color in zip(ACTIVATIONS, ("C0", "C1", "C2"), strict=True):
         for when, style in (("init", "-"), ("final", "--")):
             label = f"{activation}, {'initialisation' if when == 'init' else 'trained'}"
@@ -172,9 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{config.steps} steps"
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{out_dir}/gradient_norms.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, f"{out_dir}/gradient_norms.png", dpi=100)
 
     print(format_table(rows))
     print(f"claim holds: {holds}; results in {out_dir} ({results['wall_time']:.1f} s)")

@@ -21,13 +21,9 @@ import sys
 import tempfile
 import time
 
-import matplotlib
 import tyro
 
-from train.report import experiment_dir, format_table, write_results
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": speedup,
     }
     write_results(out, results)
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = figure(figsize=(5, 3))
     ax.boxplot(list(times.values()), tick_labels=list(times))
     ax.set_ylabel("start-to-exit wall time (s)")
     ax.set_title(results["command"], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "cold_start.png"), dpi=120)
+    save_figure(fig, os.path.join(out, "cold_start.png"))
     rows = [
         {"setting": k, "median s": median[k], "min s": min(v), "max s": max(v)}
         for k, v in times.items()

@@ -30,17 +30,13 @@ import dataclasses
 import os
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import tyro
 
 from arch import MODELS
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, format_table, write_results
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.tasks import TASKS
 
 CLAIM = (
@@ -100,7 +96,7 @@ def train_model(name: str, model, task, config: Config, out: str) -> dict:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = figure(1, 2, figsize=(10, 4))
     for row in rows:
         left.errorbar(
             row["parameters"],
@@ -124,9 +120,7 @@ def plot(rows: list[dict], path: str) -> None:
     left.set_title("Digits: accuracy against size")
     right.set_title("Digits: validation accuracy during training")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -25,8 +25,6 @@ import dataclasses
 import time
 
 import jax
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import tyro
 
@@ -34,11 +32,9 @@ from arch import MODELS
 from arch.layers import Activation
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, format_table, write_results
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.step import apply_model
 from train.tasks import TASKS
-
-matplotlib.use("Agg")  # files only: no display, and pyplot picks its backend at the first figure
 
 CLAIM = (
     "A single-layer perceptron solves only linearly separable problems (blobs, not XOR or "
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_results(out_dir, results)
 
-    fig, axes = plt.subplots(len(MODEL_NAMES), len(TASK_NAMES), figsize=(10, 6.5))
+    fig, axes = figure(len(MODEL_NAMES), len(TASK_NAMES), figsize=(10, 6.5))
     for (model_name, task_name), ((xs, ys, prob), inputs, targets) in surfaces.items():
         ax = axes[MODEL_NAMES.index(model_name), TASK_NAMES.index(task_name)]
         ax.contourf(xs, ys, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
@@ -145,9 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"Decision boundaries (seed {config.seeds[0]}); title: test accuracy")
-    fig.tight_layout()
-    fig.savefig(f"{out_dir}/decision_boundaries.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, f"{out_dir}/decision_boundaries.png", dpi=100)
 
     print(format_table(rows))
     print(f"claim holds: {holds}; results in {out_dir} ({results['wall_time']:.1f} s)")

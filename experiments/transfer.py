@@ -42,17 +42,13 @@ import dataclasses
 import os
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import tyro
 
 from arch import MODELS
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, format_table, write_results
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.tasks import TASKS
 
 CLAIM = (
@@ -160,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_results(out, results)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure(figsize=(6, 4))
     for method in METHODS:
         ax.errorbar(
             config.sizes,
@@ -177,9 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         title="Transfer from digits 0-4 to 5-9 (LeNet)",
     )
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "transfer.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out, "transfer.png"))
 
     rows = [
         {"n": n, **{m: f"{mean[m][n]:.4f} ± {std[m][n]:.4f}" for m in METHODS}}

@@ -5,6 +5,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from matplotlib.figure import Figure
+
 
 def experiment_dir(name: str, run_dir: str | None = None) -> str:
     """`run_dir` if given, else runs/experiments/<name>; created."""
@@ -18,6 +20,20 @@ def write_results(run_dir: str, results: dict[str, Any]) -> str:
     path = os.path.join(run_dir, "results.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=float)
+    return path
+
+
+def figure(nrows: int = 1, ncols: int = 1, **subplots_kw: Any) -> tuple[Figure, Any]:
+    """A figure and its axes, like pyplot.subplots but without pyplot's global state or a
+    display backend: the figure lives until it is saved and dropped."""
+    fig = Figure(figsize=subplots_kw.pop("figsize", None))
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
+
+
+def save_figure(fig: Figure, path: str, dpi: int = 120) -> str:
+    """Lay out and write `fig` as a PNG; return the path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
     return path
 
 

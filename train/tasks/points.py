@@ -10,6 +10,12 @@ import numpy as np
 from train.tasks.base import ArrayTask, BinaryClassificationLoss, Split
 
 
+def shuffled(rng: np.random.Generator, inputs: np.ndarray, targets: np.ndarray) -> Split:
+    """The examples in a random order (the generators emit them class by class)."""
+    order = rng.permutation(len(targets))
+    return inputs[order].astype(np.float32), targets[order]
+
+
 class PointsTask(BinaryClassificationLoss, ArrayTask):
     """Base: `sample(rng, n)` draws n labelled points; splits use independent streams of `seed`."""
 
@@ -43,8 +49,7 @@ class Xor(PointsTask):
         bits = np.stack([corner // 2, corner % 2], axis=1)  # [n, 2] in {0, 1}
         inputs = 2.0 * bits - 1.0 + self.noise * rng.standard_normal((n, 2))
         targets = (bits[:, 0] != bits[:, 1]).astype(np.float32)
-        order = rng.permutation(n)
-        return inputs[order].astype(np.float32), targets[order]
+        return shuffled(rng, inputs, targets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +67,7 @@ class Blobs(PointsTask):
         targets = (np.arange(n) % 2).astype(np.float32)
         centres = np.where(targets[:, None] > 0, 2.0, -2.0)  # [n, 1]
         inputs = centres + self.spread * rng.standard_normal((n, 2))
-        order = rng.permutation(n)
-        return inputs[order].astype(np.float32), targets[order]
+        return shuffled(rng, inputs, targets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,5 +86,4 @@ class Circles(PointsTask):
         radius = np.where(targets > 0, 0.5, 1.0) + self.noise * rng.standard_normal(n)
         angle = rng.uniform(0, 2 * np.pi, n)
         inputs = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-        order = rng.permutation(n)
-        return inputs[order].astype(np.float32), targets[order]
+        return shuffled(rng, inputs, targets)
