@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from train.__main__ import main
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "train", *args], capture_output=True, text=True)
@@ -35,3 +39,13 @@ def test_unknown_model_exits_with_error_naming_the_choices(tmp_path):
     assert result.returncode != 0
     assert "lenet" in result.stdout + result.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize(("model", "bar"), [("mlp", 0.95), ("lenet", 0.97)])
+def test_default_command_reaches_the_stated_accuracy_on_digits(tmp_path, model, bar):
+    # `python -m train MODEL digits` with every default (1000 steps), in-process for speed
+    summary = main(
+        [model, "digits", "--run-dir", str(tmp_path), "--progress", "off", "--no-tensorboard"]
+    )
+    assert summary["steps"] == 1000
+    assert summary["final"]["test"]["accuracy"] >= bar
