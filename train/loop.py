@@ -182,7 +182,9 @@ def fit(
             json.dump(run_config_dict(model, task, optim, run), f, indent=2, default=str)
 
     tx = make_optimizer(optim, run.steps)
-    state = init_state(model, tx, batch["inputs"], run.seed, init_params)
+    init_start = time.perf_counter()
+    state = jax.block_until_ready(init_state(model, tx, batch["inputs"], run.seed, init_params))
+    init_time = time.perf_counter() - init_start  # compiling and running the initialisation
     check_freeze_patterns(state.params, optim)
     schedule = learning_rate_schedule(optim, max(run.steps // optim.accumulate, 1))
     compile_start = time.perf_counter()
@@ -239,6 +241,7 @@ def fit(
         "parameters": parameter_count(state.params),
         "final": final,
         "wall_time": time.perf_counter() - start,
+        "init_time": init_time,
         "compile_time": compile_time,
         "train_time": train_time,
         "examples_per_second": run.steps * task.batch_size / train_time,
