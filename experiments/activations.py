@@ -41,7 +41,7 @@ import numpy as np
 import tyro
 
 from arch import MODELS
-from train.loop import RunConfig, fit, match_outputs
+from train.loop import RunConfig, adapt_model, fit
 from train.optim import OptimConfig, OptimizerName, make_optimizer
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.step import apply_model, init_state
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy = {a: [] for a in ACTIVATIONS}
     for activation in ACTIVATIONS:
         model = MODELS["mlp"](hidden_sizes=(config.width,) * config.depth, activation=activation)
-        model = match_outputs(model, task)
+        model = adapt_model(model, task)
         gradient_norms = make_gradient_norms(model, task, layers)
         for seed in config.seeds:
             # the state fit() starts from: the same function, seed and first batch (the

@@ -9,7 +9,7 @@ import pytest
 
 from arch import MLP, MODELS, LeNet, Perceptron
 from train.__main__ import main
-from train.loop import NonFiniteError, RunConfig, fit, match_outputs
+from train.loop import NonFiniteError, RunConfig, adapt_model, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Digits, Xor
 
@@ -129,13 +129,13 @@ def test_a_huge_learning_rate_is_caught_at_the_first_step():
     assert issubclass(NonFiniteError, FloatingPointError)
 
 
-def test_match_outputs_takes_the_size_from_the_task():
-    assert match_outputs(MLP(), Xor()) == MLP(num_outputs=1)
-    assert match_outputs(Perceptron(), Digits()) == Perceptron(num_outputs=10)
-    assert match_outputs(MLP(hidden_sizes=(3,)), Digits(classes=(1, 2))) == MLP(
+def test_adapt_model_takes_the_size_from_the_task():
+    assert adapt_model(MLP(), Xor()) == MLP(num_outputs=1)
+    assert adapt_model(Perceptron(), Digits()) == Perceptron(num_outputs=10)
+    assert adapt_model(MLP(hidden_sizes=(3,)), Digits(classes=(1, 2))) == MLP(
         num_outputs=2, hidden_sizes=(3,)
     )
-    assert match_outputs(LeNet(num_outputs=10), Digits()) == LeNet()
+    assert adapt_model(LeNet(num_outputs=10), Digits()) == LeNet()
 
 
 def test_an_explicit_wrong_num_outputs_is_refused():

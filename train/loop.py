@@ -87,29 +87,32 @@ def run_config_dict(model: nn.Module, task: Any, optim: OptimConfig, run: RunCon
     }
 
 
-def match_outputs(model: nn.Module, task: Any) -> nn.Module:
-    """The model with `num_outputs` set from the task, which owns the size of the outputs.
+def adapt_model(model: nn.Module, task: Any) -> nn.Module:
+    """The model with the fields the task decides (task.model_fields, e.g. num_outputs) set.
 
-    A model whose num_outputs was set to something else than its default and the task's
-    need is refused, with the value to use.
+    A field the model lacks is skipped; a field set to something other than both its default
+    and the task's need is refused, with the value to use.
     """
-    if not hasattr(model, "num_outputs") or model.num_outputs == task.num_outputs:
-        return model
-    default = next(f.default for f in dataclasses.fields(model) if f.name == "num_outputs")
-    if model.num_outputs != default:
-        raise ValueError(
-            f"model.num_outputs is {model.num_outputs} but task {type(task).__name__} "
-            f"needs {task.num_outputs}; drop --model.num-outputs or set it to "
-            f"{task.num_outputs}"
-        )
-    return model.clone(num_outputs=task.num_outputs)
+    defaults = {f.name: f.default for f in dataclasses.fields(model)}
+    changes = {}
+    for field, needed in task.model_fields.items():
+        if field not in defaults or getattr(model, field) == needed:
+            continue
+        if getattr(model, field) != defaults[field]:
+            flag = "--model." + field.replace("_", "-")
+            raise ValueError(
+                f"model.{field} is {getattr(model, field)} but task {type(task).__name__} "
+                f"needs {needed}; drop {flag} or set it to {needed}"
+            )
+        changes[field] = needed
+    return model.clone(**changes) if changes else model
 
 
 def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
     """Trace the model on one batch (no compilation) and check its output shape."""
     inputs = batch["inputs"]
     shape = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], inputs).shape
-    expected = (inputs.shape[0], task.num_outputs)
+    expected = tuple(task.output_shape(batch))
     if tuple(shape) != expected:
         raise ValueError(
             f"{type(model).__name__} outputs shape {tuple(shape)} on "
@@ -172,7 +175,7 @@ def fit(
     start = time.perf_counter()
     if run.compilation_cache:
         enable_compilation_cache()
-    model = match_outputs(model, task)
+    model = adapt_model(model, task)
     position = DataPosition()
     batch = task.train_batch(position)
     check_model_fits_task(model, task, batch)

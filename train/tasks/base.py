@@ -17,7 +17,9 @@ import numpy as np
 from train import losses
 
 Batch = dict[str, np.ndarray]
-Split = tuple[np.ndarray, np.ndarray]  # (inputs [n, ...], targets [n, ...])
+# (inputs [n, ...], targets [n, ...]) or (inputs, targets, mask [n, ...]): a mask of 0 marks
+# what the loss ignores (padding, or sequence steps that carry no target)
+Split = tuple[np.ndarray, ...]
 SPLITS = ("train", "validation", "test")
 
 
@@ -33,7 +35,7 @@ class ArrayTask:
     """Base for tasks with fixed train / validation / test arrays.
 
     A subclass is a frozen dataclass with fields `batch_size` and `seed`, and implements
-    `load()` -> {split: (inputs, targets)}, `num_outputs`, and `loss(outputs, batch)`.
+    `load()` -> {split: (inputs, targets[, mask])}, `num_outputs`, and `loss(outputs, batch)`.
     """
 
     batch_size: int
@@ -49,6 +51,18 @@ class ArrayTask:
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         raise NotImplementedError
+
+    @property
+    def model_fields(self) -> dict[str, Any]:
+        """Model fields this task decides (e.g. the output size, a vocabulary size).
+
+        fit() sets each on a model that has the field and left it at its default.
+        """
+        return {"num_outputs": self.num_outputs}
+
+    def output_shape(self, batch: Batch) -> tuple[int, ...]:
+        """The model output shape the loss expects for `batch`: [b, num_outputs] by default."""
+        return (len(batch["targets"]), self.num_outputs)
 
     @functools.cached_property
     def data(self) -> dict[str, Split]:
@@ -82,15 +96,10 @@ class ArrayTask:
 
     def train_batch(self, position: DataPosition) -> Batch:
         """The training batch at `position`; the same position always gives the same batch."""
-        inputs, targets = self.data["train"]
         rows = self.epoch_order(position.epoch)[
             position.index * self.batch_size : (position.index + 1) * self.batch_size
         ]
-        return {
-            "inputs": inputs[rows],
-            "targets": targets[rows],
-            "mask": np.ones(len(rows), np.float32),
-        }
+        return take_rows(self.data["train"], rows)
 
     def next_position(self, position: DataPosition) -> DataPosition:
         if position.index + 1 < self.steps_per_epoch:
@@ -107,15 +116,59 @@ class ArrayTask:
 
         The last batch is padded by repeating the first rows, with mask 0 on the padding.
         """
-        inputs, targets = self.data[split]
-        n = len(targets)
+        n = self.num_examples(split)
         for start in range(0, n, batch_size):
             rows = np.arange(start, start + batch_size) % n
-            mask = (np.arange(start, start + batch_size) < n).astype(np.float32)
-            yield {"inputs": inputs[rows], "targets": targets[rows], "mask": mask}
+            yield take_rows(self.data[split], rows, valid=np.arange(start, start + batch_size) < n)
 
     def example_batch(self) -> Batch:
         return self.train_batch(DataPosition())
+
+
+def take_rows(split: Split, rows: np.ndarray, valid: np.ndarray | None = None) -> Batch:
+    """The batch of `rows` of a split; rows where `valid` is False get mask 0 throughout."""
+    inputs, targets = split[0][rows], split[1][rows]
+    mask = split[2][rows].astype(np.float32) if len(split) > 2 else np.ones(len(rows), np.float32)
+    if valid is not None:
+        mask = mask * valid.reshape((-1,) + (1,) * (mask.ndim - 1))
+    return {"inputs": inputs, "targets": targets, "mask": mask}
+
+
+class StreamTask(ArrayTask):
+    """Base for generated tasks: an endless training stream, fixed evaluation sets.
+
+    A subclass is a frozen dataclass with fields `batch_size`, `seed` and `num_eval`, and
+    implements `sample(rng, n) -> (inputs, targets[, mask])`. Training batch `index` is drawn
+    from a generator seeded by (seed, epoch, index), so it is a pure function of its position;
+    the validation and test sets (and a fixed sample of the training distribution, "train",
+    for the final report) come from generators of their own.
+    """
+
+    num_eval: int
+
+    def sample(self, rng: np.random.Generator, n: int) -> Split:
+        raise NotImplementedError
+
+    def load(self) -> dict[str, Split]:
+        return {
+            split: self.sample(np.random.default_rng([self.seed, 1, i]), self.num_eval)
+            for i, split in enumerate(SPLITS)
+        }
+
+    def train_batch(self, position: DataPosition) -> Batch:
+        rng = np.random.default_rng([self.seed, 0, position.epoch, position.index])
+        split = self.sample(rng, self.batch_size)
+        return take_rows(split, np.arange(self.batch_size))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        raise ValueError(f"{type(self).__name__} is an endless stream: it has no epochs")
+
+    def next_position(self, position: DataPosition) -> DataPosition:
+        return DataPosition(position.epoch, position.index + 1)
+
+    def position_after(self, steps: int) -> DataPosition:
+        return DataPosition(0, steps)
 
 
 class ClassificationLoss:
