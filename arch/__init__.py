@@ -4,12 +4,16 @@ import flax.linen as nn
 
 from arch.cnn import LeNet, ResNet
 from arch.mlp import MLP, Perceptron
+from arch.recurrent import RNNClassifier, RNNLanguageModel, RNNTagger
 
 MODELS: dict[str, type[nn.Module]] = {
     "perceptron": Perceptron,
     "mlp": MLP,
     "lenet": LeNet,
     "resnet": ResNet,
+    "rnn": RNNClassifier,
+    "rnn_tagger": RNNTagger,
+    "rnn_lm": RNNLanguageModel,
 }
 
 
@@ -18,4 +22,14 @@ def describe(cls: type) -> str:
     return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
 
-__all__ = ["MODELS", "MLP", "LeNet", "Perceptron", "ResNet", "describe"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "LeNet",
+    "Perceptron",
+    "RNNClassifier",
+    "RNNLanguageModel",
+    "RNNTagger",
+    "ResNet",
+    "describe",
+]
