@@ -1,25 +1,45 @@
 """The task registry: name -> task class. A task's dataclass fields are its configuration."""
 
-from train.tasks.base import ArrayTask, DataPosition, describe_task
-from train.tasks.images import Digits, Mnist
+from train.tasks.base import ArrayTask, DataPosition, StreamTask, describe_task
+from train.tasks.images import Digits, DigitsPixels, DigitsRows, Mnist
+from train.tasks.language import MarkovLanguage, TextFile
 from train.tasks.points import Blobs, Circles, Xor
+from train.tasks.sequences import Adding, Copy
+from train.tasks.series import RandomWalk, Sines
 
 TASKS: dict[str, type] = {
     "xor": Xor,
     "blobs": Blobs,
     "circles": Circles,
     "digits": Digits,
+    "digits_rows": DigitsRows,
+    "digits_pixels": DigitsPixels,
     "mnist": Mnist,
+    "adding": Adding,
+    "copy": Copy,
+    "sines": Sines,
+    "random_walk": RandomWalk,
+    "markov": MarkovLanguage,
+    "text": TextFile,
 }
 
 __all__ = [
     "TASKS",
+    "Adding",
     "ArrayTask",
     "Blobs",
     "Circles",
+    "Copy",
     "DataPosition",
     "Digits",
+    "DigitsPixels",
+    "DigitsRows",
+    "MarkovLanguage",
     "Mnist",
+    "RandomWalk",
+    "Sines",
+    "StreamTask",
+    "TextFile",
     "Xor",
     "describe_task",
 ]

@@ -1,11 +1,13 @@
 """Image classification: scikit-learn's digits (built in) and MNIST from IDX files.
 
 Inputs [n, y, x, 1] float32 normalised with the training split's mean and standard deviation;
-targets [n] int32 class indices.
+targets [n] int32 class indices. Digits can also be read as sequences (`layout`): 8 rows of 8
+pixels ([n, t=8, 8]) or 64 pixels one at a time ([n, t=64, 1], a small sequential MNIST).
 """
 
 import dataclasses
 import os
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -14,12 +16,26 @@ from train.tasks.idx import read_idx
 
 DIGITS_SPLIT_SEED = 0  # fixed: the digits test set never changes with the run's seed
 
+Layout = Literal["image", "rows", "pixels"]
+LAYOUTS = get_args(Layout)
+
 
 def standardise(splits: dict[str, Split]) -> dict[str, Split]:
     """Scale every split by the training split's pixel mean and standard deviation."""
     train_inputs = splits["train"][0]
     mean, std = train_inputs.mean(), train_inputs.std()
     return {k: (((x - mean) / std).astype(np.float32), y) for k, (x, y) in splits.items()}
+
+
+def as_layout(images: np.ndarray, layout: Layout) -> np.ndarray:
+    """Images [n, y, x, 1] as "image" (unchanged), "rows" [n, y, x] (one row per step) or
+    "pixels" [n, y * x, 1] (one pixel per step, in raster order)."""
+    n, height, width, _ = images.shape
+    if layout == "rows":
+        return images.reshape(n, height, width)  # [n, t = y, x]
+    if layout == "pixels":
+        return images.reshape(n, height * width, 1)  # [n, t = y * x, 1]
+    return images
 
 
 def select_classes(inputs: np.ndarray, labels: np.ndarray, classes: tuple[int, ...]) -> Split:
@@ -53,9 +69,15 @@ class Digits(ClassificationLoss, ArrayTask):
     max_train_examples: int | None = None
     """Keep this many training examples, balanced across classes (a fixed, seed-independent
     choice: the first examples of each class in the split's order, taken round-robin)."""
+    layout: Layout = "image"
+    """How the model reads an image: "image" [n, 8, 8, 1]; as a sequence, "rows" [n, 8, 8]
+    (8 steps of 8 pixels) or "pixels" [n, 64, 1] (64 steps of one pixel). Same pixels, labels
+    and splits in every layout."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"task.layout must be one of {LAYOUTS}, got {self.layout!r}")
         bad = [c for c in self.classes if not 0 <= c <= 9]
         if bad or len(set(self.classes)) != len(self.classes) or not self.classes:
             raise ValueError(f"task.classes must be distinct digits 0-9, got {self.classes}")
@@ -84,9 +106,24 @@ class Digits(ClassificationLoss, ArrayTask):
         if self.max_train_examples is not None:
             keep = balanced_subset(y_train, self.max_train_examples)
             x_train, y_train = x_train[keep], y_train[keep]
-        return standardise(
+        splits = standardise(
             {"train": (x_train, y_train), "validation": (x_val, y_val), "test": (x_test, y_test)}
         )
+        return {split: (as_layout(x, self.layout), y) for split, (x, y) in splits.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsRows(Digits):
+    """Digits as sequences of 8 rows: inputs [n, 8, 8] (8 steps of 8 pixels), labels as digits."""
+
+    layout: Layout = "rows"
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsPixels(Digits):
+    """Digits pixel by pixel: inputs [n, 64, 1] (64 steps of one pixel: sequential digits)."""
+
+    layout: Layout = "pixels"
 
 
 MNIST_FILES = {
