@@ -233,3 +233,16 @@ def test_cli_list_names_every_model_and_task(capsys):
     listed = {line.split()[0] for line in lines if line.startswith("  ")}
     assert listed == set(MODELS) | set(TASKS)
     assert lines[0] == "models:" and "tasks:" in lines
+
+
+def test_reported_perplexity_is_exp_of_the_mean_loss():
+    # evaluation averages over batches; perplexity must be exp(mean loss), not a mean of exps
+    from arch import RNNLanguageModel
+    from train.tasks import TASKS
+
+    task = TASKS["markov"](batch_size=8, length=16, num_eval=40)
+    run = RunConfig(steps=3, log_every=3, eval_every=3, eval_batch_size=16, **QUIET)
+    summary = fit(RNNLanguageModel(cell="gru", hidden_size=16), task, run=run).summary
+    for metrics in summary["final"].values():
+        assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-6)
+        assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2), rel=1e-5)

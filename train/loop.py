@@ -114,10 +114,16 @@ def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
     shape = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], inputs).shape
     expected = tuple(task.output_shape(batch))
     if tuple(shape) != expected:
+        hint = (
+            f"set --model.num-outputs {expected[-1]}"
+            if len(shape) == len(expected) and shape[:-1] == expected[:-1]
+            else "choose a model whose outputs have that shape (e.g. one output per sequence: "
+            "rnn; one per step: rnn_tagger)"
+        )
         raise ValueError(
             f"{type(model).__name__} outputs shape {tuple(shape)} on "
             f"{type(task).__name__} inputs {tuple(inputs.shape)}, but the task's loss "
-            f"needs {expected}; set --model.num-outputs {task.num_outputs}"
+            f"needs {expected}; {hint}"
         )
 
 
@@ -144,7 +150,8 @@ def evaluate(
     batches = jax.device_get([eval_step(state, b) for b in task.eval_batches(split, batch_size)])
     counts = np.array([b["count"] for b in batches])
     keys = [key for key in batches[0] if key != "count"]
-    return {key: float(np.dot([b[key] for b in batches], counts) / counts.sum()) for key in keys}
+    means = {key: float(np.dot([b[key] for b in batches], counts) / counts.sum()) for key in keys}
+    return task.finalize_metrics(means)
 
 
 def first_non_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int) -> str | None:
@@ -220,7 +227,9 @@ def fit(
             problem = first_non_finite(host, interval_first + 1)
             if problem:
                 raise NonFiniteError(problem)
-            means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+            means = task.finalize_metrics(
+                {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+            )
             means["lr"] = float(schedule(max(step - 1, 0) // optim.accumulate))
             means["examples_per_second"] = len(host) * task.batch_size / elapsed
             logger.log(step, "train", means)

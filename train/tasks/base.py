@@ -60,6 +60,11 @@ class ArrayTask:
         """
         return {"num_outputs": self.num_outputs}
 
+    def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Metrics averaged over batches -> the reported ones. Metrics that are not means
+        (e.g. perplexity = exp(mean loss)) are recomputed here from the averaged ones."""
+        return metrics
+
     def output_shape(self, batch: Batch) -> tuple[int, ...]:
         """The model output shape the loss expects for `batch`: [b, num_outputs] by default."""
         return (len(batch["targets"]), self.num_outputs)

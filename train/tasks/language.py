@@ -22,13 +22,16 @@ from train.tasks.sequences import TokenOutputs
 class LanguageModelLoss(TokenOutputs, ClassificationLoss):
     """Softmax cross-entropy of the next token over masked steps, in nats and bits per char.
 
-    Evaluation averages batch metrics weighted by their token counts: bits_per_char stays
-    exact, while perplexity becomes a mean of per-batch perplexities (>= exp of the mean loss).
+    Perplexity is exp of the mean loss: after metrics are averaged over batches (weighted by
+    token counts), `finalize_metrics` recomputes it from the averaged loss.
     """
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         loss, metrics = super().loss(outputs, batch)
         return loss, {**metrics, "bits_per_char": loss / math.log(2), "perplexity": jnp.exp(loss)}
+
+    def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {**metrics, "perplexity": math.exp(metrics["loss"])}
 
 
 class MarkovChain:
