@@ -113,8 +113,9 @@ class XorWithNanBatch(Xor):
 def test_a_nan_batch_stops_training_at_its_step(tmp_path):
     run = RunConfig(steps=10, log_every=5, eval_every=5, run_dir=str(tmp_path / "run"), **QUIET)
     # loss, gradient, parameters and update are all NaN here: the loss is named first
-    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 4;"):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 4;") as error:
         fit(MLP(hidden_sizes=(8,)), XorWithNanBatch(), run=run)
+    assert (error.value.step, error.value.metric, error.value.history) == (4, "loss", [])
     # nothing is logged for the interval that held the NaN
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
     assert not (tmp_path / "run" / "summary.json").exists()

@@ -57,7 +57,14 @@ class RunConfig:
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a NaN or infinity; the message names the step and the metric."""
+    """Training produced a NaN or infinity; the message names the step and the metric.
+
+    `step` and `metric` say where; `history` holds the records logged before it.
+    """
+
+    def __init__(self, message: str, step: int, metric: str, history: list[dict[str, Any]]):
+        super().__init__(message)
+        self.step, self.metric, self.history = step, metric, history
 
 
 @dataclasses.dataclass
@@ -154,16 +161,14 @@ def evaluate(
     return task.finalize_metrics(means)
 
 
-def first_non_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int) -> str | None:
-    """The first step with a NaN or infinite metric, naming the loss first if it is one."""
+def first_non_finite(
+    step_metrics: list[dict[str, np.ndarray]], first_step: int
+) -> tuple[int, str, float] | None:
+    """(step, metric, value) of the first NaN or infinity, naming the loss first if it is one."""
     for offset, metrics in enumerate(step_metrics):
         for key in sorted(metrics, key=lambda k: k != "loss"):
-            value = metrics[key]
-            if not np.all(np.isfinite(value)):
-                return (
-                    f"non-finite {key} ({float(value)}) at step {first_step + offset}; "
-                    f"lower --optim.lr or set --optim.clip-norm"
-                )
+            if not np.all(np.isfinite(metrics[key])):
+                return first_step + offset, key, float(metrics[key])
     return None
 
 
@@ -226,7 +231,14 @@ def fit(
             train_time += elapsed
             problem = first_non_finite(host, interval_first + 1)
             if problem:
-                raise NonFiniteError(problem)
+                bad_step, metric, value = problem
+                raise NonFiniteError(
+                    f"non-finite {metric} ({value}) at step {bad_step}; "
+                    "lower --optim.lr or set --optim.clip-norm",
+                    bad_step,
+                    metric,
+                    logger.records,
+                )
             means = task.finalize_metrics(
                 {k: float(np.mean([m[k] for m in host])) for k in host[0]}
             )
