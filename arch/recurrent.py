@@ -39,7 +39,14 @@ class Cell(nn.Module):
     def weights(self, input_size: int) -> Weights:
         """The cell's weights for inputs of `input_size` features (created at init)."""
         n, g = self.hidden_size, self.num_gates
-        recurrent_init = nn.initializers.orthogonal(column_axis=-1)
+
+        def recurrent_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+            # an independent orthogonal [n, n] block per gate, side by side: [n, g*n]
+            blocks = [
+                nn.initializers.orthogonal()(k, (n, n), dtype) for k in jax.random.split(key, g)
+            ]
+            return jnp.concatenate(blocks, axis=-1)
+
         return {
             "input_kernel": self.param(
                 "input_kernel",
@@ -47,12 +54,8 @@ class Cell(nn.Module):
                 (input_size, g * n),
                 self.param_dtype,
             ),
-            # one orthogonal block per gate, side by side: [n, g, n] -> [n, g*n]
             "recurrent_kernel": self.param(
-                "recurrent_kernel",
-                lambda key, shape, dtype: recurrent_init(key, (n, g, n), dtype).reshape(shape),
-                (n, g * n),
-                self.param_dtype,
+                "recurrent_kernel", recurrent_init, (n, g * n), self.param_dtype
             ),
             "bias": self.param("bias", self.bias_init, (g * n,), self.param_dtype),
             **self.extra_weights(),

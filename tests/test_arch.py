@@ -65,14 +65,17 @@ PARAMETERS = {
     # stem, a 16-channel block, a strided 32-channel block with a projection, BatchNorm scales
     # and biases (2 per channel), the head on the pooled 32 channels
     "resnet": 19706,
+    # recurrent models are pinned on their own inputs in tests/test_recurrent.py
 }
+IMAGE_MODELS = [name for name in MODELS if not name.startswith("rnn")]
 
 
 def test_every_registered_model_has_a_pinned_parameter_count():
-    assert set(MODELS) == set(PARAMETERS)
+    assert set(IMAGE_MODELS) == set(PARAMETERS)
+    assert {"rnn", "rnn_tagger", "rnn_lm"} <= set(MODELS)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_parameter_count_of_the_defaults(name):
     variables = abstract_variables(MODELS[name](num_outputs=10))
     assert parameter_count(variables["params"]) == PARAMETERS[name]
@@ -99,7 +102,7 @@ def test_resnet_keeps_running_statistics_outside_the_parameters():
         assert leaf.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 @pytest.mark.parametrize("num_outputs", [1, 10])
 def test_output_shape(name, num_outputs):
     out = output_shape(MODELS[name](num_outputs=num_outputs), (3, 8, 8, 1))
