@@ -1,0 +1,225 @@
+"""Forecasting generated series: recurrent models and an MLP against the naive last-value forecast.
+
+Claim: on noisy sums of sinusoids (Sines) every learned model (Elman, LSTM and GRU reading the
+window step by step, and an MLP reading the same window flattened) beats the naive forecast
+(repeat the window's last value); on a Gaussian random walk (RandomWalk), where the naive
+forecast is optimal, none beats it and the learned ones come close to it, i.e. they learn to
+predict "no change" rather than patterns that are not there. "holds" = on Sines every model's
+mean test MSE < naive MSE; on RandomWalk every model's mean test MSE lies within
+[0.98, 1.10] x naive MSE. Which model wins on which series is reported, not judged.
+
+Setup: window 32, horizon 4 (the model outputs the next 4 values at once: "rnn" with
+num_outputs = horizon, the last state -> 4 values; the MLP flattens [b, 32, 1]); recurrent
+hidden size 32, MLP hidden layers (64, 64); Adam (lr 3e-3, 100 warm-up steps, cosine decay),
+gradients clipped to global norm 1, batch 64, 2000 steps; seeds 0 1 2 of the initialisation.
+Every training batch is freshly generated (an endless stream: nothing can be memorised); the
+2048 test windows of each series are fixed and shared by every model, so the naive MSE is one
+number per series.
+
+Command: `python -m experiments.forecasting` (`--smoke` finishes in seconds).
+Expected runtime on a 2-core CPU: about 50 s with a warm compilation cache, 2 minutes with a
+cold one while other jobs loaded the cores (smoke: about 5 s warm, 20-25 s cold).
+
+Result (jax 0.10.2, 2 shared CPU cores, arch/ at commit f64c721; 48.6 s in all, warm cache).
+Test MSE over the same 2048 windows, mean ± std over seeds 0 1 2; naive = last-value forecast:
+
+    series       model  params  test mse         naive mse  mse/naive  train s  examples/s
+    sines        elman  1220    0.2631 ± 0.0043  2.042      0.1288     0.90     142k
+    sines        lstm   4484    0.1835 ± 0.0051  2.042      0.0899     2.30      56k
+    sines        gru    3396    0.1950 ± 0.0034  2.042      0.0955     2.07      62k
+    sines        mlp    6532    0.1651 ± 0.0049  2.042      0.0809     0.64     201k
+    random_walk  elman  1220    2.4246 ± 0.0011  2.424      1.0002     1.00     128k
+    random_walk  lstm   4484    2.4244 ± 0.0001  2.424      1.0001     2.22      58k
+    random_walk  gru    3396    2.4243 ± 0.0002  2.424      1.0001     2.19      58k
+    random_walk  mlp    6532    2.4238 ± 0.0002  2.424      0.9999     0.53     245k
+
+The claim held (holds = true). On Sines every model cuts the naive error by 8-12x (the signal
+changes a lot over 4 steps: periods go down to 4), and the MLP on the flattened window wins:
+0.165 against the LSTM's 0.184, the GRU's 0.195 and the Elman RNN's 0.263 (every MLP seed,
+0.160-0.172, beats every LSTM seed, 0.178-0.190); it also trains 3-4x faster.
+Nobody comes near the noise floor (0.1^2 = 0.01): 2000 steps do not finish the job, and with
+a fixed 32-step window the MLP's direct view of every lag is at least as good a prior as
+recurrence; the ranking may change with more steps or longer windows, which this run did not
+test. On the random walk all four match the naive forecast to within 0.02% (the MLP's 0.9999
+is a tie, not a win: mean(f^2 - 2 f y) over 2048 windows fluctuates by about that much), so
+every model learned to predict "no change" and none invented structure. An earlier run with the
+recurrent init before f64c721 (one orthogonal matrix split across the gates) gave the same
+picture (sines: mlp 0.165, lstm 0.178, gru 0.191, elman 0.266).
+"""
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import tyro
+
+from arch import MODELS
+from train.loop import RunConfig, fit
+from train.optim import OptimConfig
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.tasks import TASKS
+
+CLAIM = (
+    "On noisy sines every learned forecaster (Elman, LSTM, GRU, MLP on the same window) beats "
+    "the naive last-value forecast; on a random walk, where the naive forecast is optimal, "
+    "none beats it and the learned ones come within 10% of it."
+)
+SERIES = ("sines", "random_walk")
+RECURRENT = ("elman", "lstm", "gru")
+RANDOM_WALK_RANGE = (0.98, 1.10)  # allowed test MSE / naive MSE on the random walk
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    window: int = 32
+    horizon: int = 4
+    hidden_size: int = 32
+    """Hidden units of every recurrent cell."""
+    mlp_hidden_sizes: tuple[int, ...] = (64, 64)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    clip_norm: float = 1.0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the parameter initialisation (the data of each series is fixed)."""
+    num_eval: int = 2048
+    """Windows in each evaluation split (more: a sharper comparison with the naive forecast)."""
+    smoke: bool = False
+    """Finish in seconds: few steps, one seed."""
+    run_dir: str | None = None
+    """Where results.json, the plot and the run directories go (runs/experiments/forecasting)."""
+
+
+def models(config: Config) -> dict:
+    """The forecasters by name; fit() sets num_outputs to the horizon."""
+    recurrent = {
+        cell: MODELS["rnn"](cell=cell, hidden_size=config.hidden_size) for cell in RECURRENT
+    }
+    return {**recurrent, "mlp": MODELS["mlp"](hidden_sizes=config.mlp_hidden_sizes)}
+
+
+def train_model(name: str, model, series: str, task, config: Config, out: str) -> dict:
+    """Train `model` on `task` once per seed; its test MSE, the naive MSE, size and speed."""
+    optim = OptimConfig(
+        lr=config.lr,
+        schedule="cosine",
+        warmup_steps=min(config.warmup_steps, config.steps),
+        clip_norm=config.clip_norm,
+    )
+    runs = []
+    for seed in config.seeds:
+        run = RunConfig(
+            steps=config.steps,
+            eval_every=config.steps,
+            log_every=max(config.steps // 10, 1),
+            seed=seed,
+            run_dir=os.path.join(out, f"{series}-{name}-seed{seed}"),
+            progress="off",
+            tensorboard=False,
+        )
+        runs.append(fit(model, task, optim, run))
+    test = np.array([r.summary["final"]["test"]["mse"] for r in runs])
+    naive = runs[0].summary["final"]["test"]["naive_mse"]  # the same test set for every run
+    return {
+        "series": series,
+        "model": name,
+        "parameters": runs[0].summary["parameters"],
+        "test_mse_mean": float(test.mean()),
+        "test_mse_std": float(test.std()),
+        "test_mse_per_seed": test.tolist(),
+        "naive_mse": naive,
+        "mse_over_naive": float(test.mean() / naive),
+        "train_time_s": float(np.mean([r.summary["train_time"] for r in runs])),
+        "compile_time_s": float(np.mean([r.summary["compile_time"] for r in runs])),
+        "examples_per_second": float(np.mean([r.summary["examples_per_second"] for r in runs])),
+    }
+
+
+def plot(rows: list[dict], names: list[str], path: str) -> None:
+    fig, axes = figure(1, len(SERIES), figsize=(5 * len(SERIES), 4), squeeze=False)
+    for axis, series in zip(axes[0], SERIES, strict=True):
+        by_model = {r["model"]: r for r in rows if r["series"] == series}
+        positions = np.arange(len(names))
+        bars = axis.bar(
+            positions,
+            [by_model[n]["test_mse_mean"] for n in names],
+            yerr=[by_model[n]["test_mse_std"] for n in names],
+            capsize=4,
+            color=[f"C{i}" for i in range(len(names))],
+        )
+        axis.axhline(by_model[names[0]]["naive_mse"], color="black", ls="--", label="naive")
+        ratios = [f"{by_model[n]['mse_over_naive']:.4f} x naive" for n in names]
+        axis.bar_label(bars, ratios, fontsize="small")
+        axis.set_xticks(positions, names)
+        axis.set(ylabel="test MSE (mean ± std over seeds)")
+        axis.set_title(series)
+        axis.legend()
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = tyro.cli(Config, args=argv)
+    if config.smoke:
+        config = dataclasses.replace(config, steps=30, seeds=config.seeds[:1], num_eval=256)
+    out = experiment_dir("forecasting", config.run_dir)
+    start = time.perf_counter()
+    forecasters = models(config)
+    rows = []
+    for series in SERIES:
+        task = TASKS[series](
+            batch_size=config.batch_size,
+            window=config.window,
+            horizon=config.horizon,
+            num_eval=config.num_eval,
+        )
+        for name, model in forecasters.items():
+            rows.append(train_model(name, model, series, task, config, out))
+
+    per_series = {s: [r for r in rows if r["series"] == s] for s in SERIES}
+    ranked = {s: sorted(rs, key=lambda r: r["test_mse_mean"]) for s, rs in per_series.items()}
+    best = {s: rs[0]["model"] for s, rs in ranked.items()}
+    # how far ahead the winner is: the runner-up's test MSE / the winner's (1.0: a tie)
+    margin = {s: rs[1]["test_mse_mean"] / rs[0]["test_mse_mean"] for s, rs in ranked.items()}
+    low, high = RANDOM_WALK_RANGE
+    sines_beat_naive = all(r["mse_over_naive"] < 1.0 for r in per_series["sines"])
+    walk_matches_naive = all(low <= r["mse_over_naive"] <= high for r in per_series["random_walk"])
+    holds = sines_beat_naive and walk_matches_naive
+    results = {
+        "claim": CLAIM,
+        "holds": bool(holds),
+        "criterion": "sines: every model's mean test MSE < naive MSE; random walk: every "
+        f"model's mean test MSE / naive MSE in [{low}, {high}]",
+        "sines_all_beat_naive": bool(sines_beat_naive),
+        "random_walk_all_match_naive": bool(walk_matches_naive),
+        "best_model": best,
+        "runner_up_over_best": margin,
+        "config": dataclasses.asdict(config),
+        "models": rows,
+        "total_wall_time_s": time.perf_counter() - start,
+    }
+    write_results(out, results)
+    plot(rows, list(forecasters), os.path.join(out, "forecasting.png"))
+    table = [
+        {
+            "series": r["series"],
+            "model": r["model"],
+            "params": r["parameters"],
+            "test mse": f"{r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f}",
+            "naive mse": r["naive_mse"],
+            "mse/naive": r["mse_over_naive"],
+            "train s": r["train_time_s"],
+            "compile s": r["compile_time_s"],
+        }
+        for r in rows
+    ]
+    print(format_table(table))
+    for series in SERIES:
+        print(f"best on {series}: {best[series]} (runner-up / best MSE {margin[series]:.4f})")
+    print(f"claim holds: {holds} ({results['total_wall_time_s']:.1f} s in all); results in {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
