@@ -1,0 +1,784 @@
+"""Speed of our recurrent layer against Flax's nn.RNN and PyTorch's nn.LSTM / nn.GRU.
+
+Claim: our RNN layer (arch.recurrent.RNN, default formulation: input product fused into the
+scanned step, unroll 2) trains and infers at least as fast as Flax's built-in nn.RNN computing
+the same function, within the ~15% noise of a shared machine, at every length measured.
+
+Command: python -m experiments.recurrent_speed      (about 5 minutes on a quiet 2-core CPU;
+         12-25 minutes when other jobs share the cores)
+         python -m experiments.recurrent_speed --cells lstm --lengths 256 --no-torch
+
+One layer over inputs [b, t, d] (d input features = d hidden units), float32. "train" is one
+jitted value_and_grad of mean(outputs**2) with respect to the parameters and the inputs;
+"infer" is the jitted forward pass. Tokens/s = b * t / step time. For each (cell, length) every
+implementation is compiled (ahead of time, timed apart), warmed up, then timed round-robin for
+`repeats` passes, each sample repeating the step for about `min_sample_seconds`; median, min and
+max are reported. All implementations get the same weights (ours mapped into Flax's and
+PyTorch's layouts) and the same inputs, and the outputs and input gradients of those that
+compute the same function are compared.
+
+Implementations: ours in the variants fused / hoisted input product x unroll; Flax nn.RNN over
+OptimizedLSTMCell, LSTMCell and GRUCell; PyTorch nn.LSTM / nn.GRU if torch imports (2 threads,
+inference under torch.inference_mode). GRU: ours with reset_after=True is the function Flax's
+GRUCell and PyTorch's nn.GRU compute (their update gate is the negation of ours); ours with
+reset_after=False (the default, the paper's form) is timed beside them.
+
+"proto ..." rows are benchmark-only formulations that arch/ does not have, on ours' weights:
+`concatenated_lstm` / `concatenated_gru` (one [x_t, h_{t-1}] @ W product per step) and
+`lstm_custom_vjp` / `gru_custom_vjp` (a hand-written backward pass whose weight gradients are
+large products after the reverse loop instead of K = b products inside it).
+
+Result (2026-11-21, 2 cores of an AMD EPYC, jax 0.10.2, torch 2.13.0, load average < 2; tokens/s
+ratios at T = 64/256/1024): the claim holds as a tie. Ours (fused, u1) over Flax's fastest
+built-in: LSTM train 1.08/0.90/0.92, infer 1.07/1.15/0.92; GRU train 1.11/1.04/1.09, infer
+1.03/0.99/1.05. Over PyTorch: LSTM 0.55-0.75 (its fused oneDNN kernel), GRU 1.24-1.52. Fused
+u2 is our fastest GRU (train 1.11-1.19x, infer 1.23-1.29x over u1); for the LSTM u1 and u2 tie
+(infer u2 1.00-1.13x). Hoisting is slower (inference 0.4-0.7x); the custom-VJP prototype trains
+the LSTM 1.19-1.23x faster than ours; the concatenated product is no faster. On a busy machine
+the spread grows to ~35% and PyTorch's OpenMP threads stall (1-5k tokens/s): compare ratios
+from a quiet run.
+"""
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jaxlib
+import matplotlib
+import numpy as np
+import tyro
+
+from arch.recurrent import RNN, Cell, GRUCell, LSTMCell
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
+
+MODES = ("train", "infer")
+DEFAULT = "ours fused u2"  # the formulation arch/ uses by default (GRU: with reset_after=True)
+TIE = 0.87  # differences under ~15% are noise on the shared machine (BASELINES.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    cells: tuple[Literal["lstm", "gru"], ...] = ("lstm", "gru")
+    lengths: tuple[int, ...] = (64, 256, 1024)
+    batch: int = 32
+    width: int = 256
+    """Input features = hidden units."""
+    repeats: int = 5
+    """Timed round-robin passes after the warm-up."""
+    unrolls: tuple[int, ...] = (1, 2, 4)
+    """Unroll factors of our layer with the input product fused into the step."""
+    hoisted_unrolls: tuple[int, ...] = (1,)
+    """Unroll factors of our layer with the input product hoisted out of the scan (measured
+    slower than fused at every unroll; more of them only lengthen the run)."""
+    min_sample_seconds: float = 0.2
+    """Each timed sample repeats the step until it lasts about this long."""
+    prototypes: bool = True
+    """Also time the benchmark-only formulations (`proto ...`)."""
+    torch: bool = True
+    """Time PyTorch too when it imports (--no-torch: JAX only)."""
+    seed: int = 0
+    smoke: bool = False
+    run_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One way to run a recurrent layer: `outputs(params, inputs [b, t, f]) -> [b, t, n]`."""
+
+    name: str
+    family: Literal["ours", "flax", "torch", "proto"]
+    function: str
+    """What it computes: implementations with equal `function` must give equal numbers."""
+    params: Any
+    """JAX: the parameter tree; PyTorch: the nn.Module."""
+    outputs: Callable[[Any, Any], Any]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def load_torch(wanted: bool) -> tuple[Any, str]:
+    """(the torch module or None, why not)."""
+    if not wanted:
+        return None, "turned off (--no-torch)"
+    try:
+        import torch
+    except ImportError as error:
+        return None, f"not installed ({error}); pip install -e '.[bench]' to compare"
+    torch.set_num_threads(os.cpu_count() or 2)
+    return torch, ""
+
+
+def our_layer(cell: Cell, hoist: bool, unroll: int) -> Callable:
+    layer = RNN(cell, hoist_inputs=hoist, unroll=unroll)
+    return lambda params, inputs: layer.apply({"params": params}, inputs)[0]
+
+
+def flax_layer(cell: nn.RNNCellBase) -> Callable:
+    layer = nn.RNN(cell)
+    return lambda params, inputs: layer.apply({"params": params}, inputs)
+
+
+def lstm_custom_vjp(unroll: int) -> Callable:
+    """Prototype: the LSTM with a hand-written backward pass (as cuDNN / oneDNN do it).
+
+    Autodiff of the scan accumulates the weight gradients inside the reverse loop: per step
+    x_t^T dpre_t and h_{t-1}^T dpre_t, [f, b] x [b, 4n] products with K = b = 32 (on XLA:CPU they
+    miss the YNNPACK path) added into [f, 4n] carries. Here the reverse loop keeps only what is
+    sequential, dh_{t-1} = dpre_t W_h^T, emits dpre_t [b, 4n], and the weight and input gradients
+    are three large products over all t*b rows after it. Same function as ours without a mask."""
+
+    def forward_scan(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, xs: jax.Array) -> tuple:
+        def body(state: tuple[jax.Array, jax.Array], x: jax.Array) -> tuple:
+            c, h = state
+            i, f, g, o = jnp.split(x @ w_x + h @ w_h + bias, 4, axis=-1)  # W [x_t, h_{t-1}] + b
+            i, f, g, o = nn.sigmoid(i), nn.sigmoid(f), jnp.tanh(g), nn.sigmoid(o)
+            c = f * c + i * g  # C_t = f_t * C_{t-1} + i_t * C~_t
+            h = o * jnp.tanh(c)  # h_t = o_t * tanh(C_t)
+            return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+
+        zeros = jnp.zeros((xs.shape[1], w_h.shape[0]), xs.dtype)
+        _, saved = jax.lax.scan(body, (zeros, zeros), xs, unroll=unroll)
+        return saved  # hs, cs [t, b, n]; gates [t, b, 4n]
+
+    @jax.custom_vjp
+    def layer(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, xs: jax.Array) -> jax.Array:
+        return forward_scan(w_x, w_h, bias, xs)[0]
+
+    def layer_forward(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, xs: jax.Array) -> tuple:
+        hs, cs, gates = forward_scan(w_x, w_h, bias, xs)
+        return hs, (w_x, w_h, xs, hs, cs, gates)
+
+    def layer_backward(saved: tuple, dhs: jax.Array) -> tuple:
+        w_x, w_h, xs, hs, cs, gates = saved
+        t, b, n = hs.shape
+        zeros = jnp.zeros((1, b, n), hs.dtype)
+        h_prev, c_prev = (jnp.concatenate([zeros, a[:-1]]) for a in (hs, cs))  # [t, b, n]
+
+        def body(carry: tuple[jax.Array, jax.Array], step: tuple) -> tuple:
+            dh_next, dc_next = carry
+            dh_out, gate, c, c_before = step
+            i, f, g, o = jnp.split(gate, 4, axis=-1)
+            dh = dh_out + dh_next
+            tanh_c = jnp.tanh(c)
+            dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+            dpre = jnp.concatenate(
+                [dc * g * i * (1 - i), dc * c_before * f * (1 - f), dc * i * (1 - g * g)]
+                + [dh * tanh_c * o * (1 - o)],
+                axis=-1,
+            )  # [b, 4n]
+            return (dpre @ w_h.T, dc * f), dpre
+
+        init = (jnp.zeros((b, n), hs.dtype), jnp.zeros((b, n), hs.dtype))
+        _, dpre = jax.lax.scan(body, init, (dhs, gates, cs, c_prev), reverse=True, unroll=unroll)
+        dpre = dpre.reshape(t * b, 4 * n)  # [t*b, 4n]
+        dw_x = xs.reshape(t * b, -1).T @ dpre  # [f, 4n], K = t*b
+        dw_h = h_prev.reshape(t * b, n).T @ dpre  # [n, 4n]
+        return dw_x, dw_h, dpre.sum(0), (dpre @ w_x.T).reshape(xs.shape)
+
+    layer.defvjp(layer_forward, layer_backward)
+
+    def outputs(params: Any, inputs: jax.Array) -> jax.Array:
+        w = params["cell"]
+        xs = jnp.swapaxes(inputs, 0, 1)  # [t, b, f]
+        hs = layer(w["input_kernel"], w["recurrent_kernel"], w["bias"], xs)
+        return jnp.swapaxes(hs, 0, 1)  # [b, t, n]
+
+    return outputs
+
+
+def gru_custom_vjp(unroll: int) -> Callable:
+    """Prototype: the GRU (reset_after) with a hand-written backward pass, as `lstm_custom_vjp`:
+    the reverse loop keeps dh_{t-1} = (1 - z_t) dh_t + dpre_h W_h^T; the weight, bias and input
+    gradients are large products after it."""
+
+    def forward_scan(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, b_hn: jax.Array, xs):
+        def body(h: jax.Array, x: jax.Array) -> tuple:
+            x_r, x_z, x_n = jnp.split(x @ w_x + bias, 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(h @ w_h, 3, axis=-1)
+            r = nn.sigmoid(x_r + h_r)  # r_t = sigma(W_r [x_t, h_{t-1}] + b_r)
+            z = nn.sigmoid(x_z + h_z)  # z_t = sigma(W_z [x_t, h_{t-1}] + b_z)
+            h_n = h_n + b_hn
+            candidate = jnp.tanh(x_n + r * h_n)  # h~_t = tanh(W_x x_t + b + r_t * (W_h h + b_h))
+            new = (1 - z) * h + z * candidate  # h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
+            return new, (new, jnp.concatenate([r, z, candidate, h_n], axis=-1))
+
+        h0 = jnp.zeros((xs.shape[1], w_h.shape[0]), xs.dtype)
+        _, saved = jax.lax.scan(body, h0, xs, unroll=unroll)
+        return saved  # hs [t, b, n]; r, z, h~, W_h_n h + b_h [t, b, 4n]
+
+    @jax.custom_vjp
+    def layer(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, b_hn: jax.Array, xs: jax.Array):
+        return forward_scan(w_x, w_h, bias, b_hn, xs)[0]
+
+    def layer_forward(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, b_hn: jax.Array, xs):
+        hs, gates = forward_scan(w_x, w_h, bias, b_hn, xs)
+        return hs, (w_x, w_h, xs, hs, gates)
+
+    def layer_backward(saved: tuple, dhs: jax.Array) -> tuple:
+        w_x, w_h, xs, hs, gates = saved
+        t, b, n = hs.shape
+        h_prev = jnp.concatenate([jnp.zeros((1, b, n), hs.dtype), hs[:-1]])  # [t, b, n]
+
+        def body(dh_next: jax.Array, step: tuple) -> tuple:
+            dh_out, gate, h_before = step
+            r, z, candidate, h_n = jnp.split(gate, 4, axis=-1)
+            dh = dh_out + dh_next
+            da_n = dh * z * (1 - candidate * candidate)
+            da_r = da_n * h_n * r * (1 - r)
+            da_z = dh * (candidate - h_before) * z * (1 - z)
+            dpre_h = jnp.concatenate([da_r, da_z, da_n * r], axis=-1)  # [b, 3n]
+            dh_before = dh * (1 - z) + dpre_h @ w_h.T
+            return dh_before, jnp.concatenate([da_r, da_z, da_n, da_n * r], axis=-1)
+
+        steps = (dhs, gates, h_prev)
+        _, d = jax.lax.scan(body, jnp.zeros((b, n), hs.dtype), steps, reverse=True, unroll=unroll)
+        d = d.reshape(t * b, 4 * n)  # [t*b, 4n]: the r, z, x_n, h_n pre-activations
+        dpre_x = d[:, : 3 * n]
+        dpre_h = jnp.concatenate([d[:, : 2 * n], d[:, 3 * n :]], axis=-1)
+        dw_x = xs.reshape(t * b, -1).T @ dpre_x  # [f, 3n], K = t*b
+        dw_h = h_prev.reshape(t * b, n).T @ dpre_h  # [n, 3n]
+        dxs = (dpre_x @ w_x.T).reshape(xs.shape)
+        return dw_x, dw_h, dpre_x.sum(0), d[:, 3 * n :].sum(0), dxs
+
+    layer.defvjp(layer_forward, layer_backward)
+
+    def outputs(params: Any, inputs: jax.Array) -> jax.Array:
+        w = params["cell"]
+        xs = jnp.swapaxes(inputs, 0, 1)  # [t, b, f]
+        weights = (w["input_kernel"], w["recurrent_kernel"], w["bias"], w["recurrent_bias"])
+        return jnp.swapaxes(layer(*weights, xs), 0, 1)  # [b, t, n]
+
+    return outputs
+
+
+def concatenated_lstm(unroll: int) -> Callable:
+    """Prototype: one [x_t, h_{t-1}] @ [[W_x], [W_h]] product per step (K = f + n), no mask."""
+
+    def outputs(params: Any, inputs: jax.Array) -> jax.Array:
+        w = params["cell"]
+        kernel = jnp.concatenate([w["input_kernel"], w["recurrent_kernel"]], axis=0)  # [f+n, 4n]
+
+        def body(state: tuple[jax.Array, jax.Array], x: jax.Array):
+            c, h = state
+            pre = jnp.dot(jnp.concatenate([x, h], axis=-1), kernel) + w["bias"]  # [b, 4n]
+            i, f, g, o = jnp.split(pre, 4, axis=-1)
+            c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)  # C_t = f_t * C_{t-1} + i_t * C~_t
+            h = nn.sigmoid(o) * jnp.tanh(c)  # h_t = o_t * tanh(C_t)
+            return (c, h), h
+
+        zeros = jnp.zeros((inputs.shape[0], kernel.shape[1] // 4), jnp.float32)
+        _, ys = jax.lax.scan(body, (zeros, zeros), jnp.swapaxes(inputs, 0, 1), unroll=unroll)
+        return jnp.swapaxes(ys, 0, 1)  # [b, t, n]
+
+    return outputs
+
+
+def concatenated_gru(unroll: int) -> Callable:
+    """Prototype (GRU reset_after): one [x_t, h_{t-1}] @ [[W_x_rz, W_x_n, 0], [W_h_rz, 0, W_h_n]]
+    product per step (a third more FLOPs than two products, one call instead of two), no mask."""
+
+    def outputs(params: Any, inputs: jax.Array) -> jax.Array:
+        w = params["cell"]
+        f, n = w["input_kernel"].shape[0], w["recurrent_kernel"].shape[0]
+        kernel = jnp.block(
+            [
+                [w["input_kernel"], jnp.zeros((f, n), jnp.float32)],
+                [
+                    w["recurrent_kernel"][:, : 2 * n],
+                    jnp.zeros((n, n), jnp.float32),
+                    w["recurrent_kernel"][:, 2 * n :],
+                ],
+            ]
+        )  # [f+n, 4n]: r and z summed, then W_x_n x and W_h_n h apart
+        bias = jnp.concatenate([w["bias"], w["recurrent_bias"]])  # [4n]
+
+        def body(h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+            pre = jnp.dot(jnp.concatenate([x, h], axis=-1), kernel) + bias  # [b, 4n]
+            r, z, x_n, h_n = jnp.split(pre, 4, axis=-1)
+            r, z = nn.sigmoid(r), nn.sigmoid(z)
+            candidate = jnp.tanh(x_n + r * h_n)  # h~_t = tanh(W_x x_t + b + r_t * (W_h h + b_h))
+            h = (1 - z) * h + z * candidate  # h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
+            return h, h
+
+        h0 = jnp.zeros((inputs.shape[0], n), jnp.float32)
+        _, ys = jax.lax.scan(body, h0, jnp.swapaxes(inputs, 0, 1), unroll=unroll)
+        return jnp.swapaxes(ys, 0, 1)  # [b, t, n]
+
+    return outputs
+
+
+def random_weights(cell: Cell, features: int, rng: np.random.Generator) -> Any:
+    """Weights with the shapes of our layer's parameters, N(0, 1/fan_in), biases included (the
+    speed does not depend on the values; nonzero biases make the layout mappings checkable).
+    NumPy, not `init`: an initialiser outside jit costs seconds of tiny compilations."""
+    shapes = jax.eval_shape(RNN(cell).init, jax.random.key(0), jnp.zeros((1, 1, features)))
+    draw = lambda s: (rng.standard_normal(s.shape) / math.sqrt(s.shape[0])).astype(np.float32)
+    return jax.tree.map(draw, shapes["params"])
+
+
+def flax_lstm_params(ours: Any) -> Any:
+    """Our LSTM weights in Flax's (Optimized)LSTMCell layout: ii..io [f, n]; hi..ho [n, n], bias."""
+    w = ours["cell"]
+    split = lambda name: np.split(w[name], 4, axis=-1)
+    cell = {}
+    for gate, w_x, w_h, b in zip(
+        "ifgo", split("input_kernel"), split("recurrent_kernel"), split("bias"), strict=True
+    ):
+        cell[f"i{gate}"] = {"kernel": w_x}
+        cell[f"h{gate}"] = {"kernel": w_h, "bias": b}
+    return {"cell": cell}
+
+
+def flax_gru_params(ours: Any) -> Any:
+    """Our GRU (reset_after) weights in Flax's GRUCell layout. Flax's update gate is the negation
+    of ours (new_h = (1 - z) n + z h), and sigmoid(-a) = 1 - sigmoid(a): negate the z weights."""
+    w = ours["cell"]
+    x_r, x_z, x_n = np.split(w["input_kernel"], 3, axis=-1)
+    h_r, h_z, h_n = np.split(w["recurrent_kernel"], 3, axis=-1)
+    b_r, b_z, b_n = np.split(w["bias"], 3)
+    return {
+        "cell": {
+            "ir": {"kernel": x_r, "bias": b_r},
+            "iz": {"kernel": -x_z, "bias": -b_z},
+            "in": {"kernel": x_n, "bias": b_n},
+            "hr": {"kernel": h_r},
+            "hz": {"kernel": -h_z},
+            "hn": {"kernel": h_n, "bias": w["recurrent_bias"]},
+        }
+    }
+
+
+def torch_layer(torch: Any, cell_name: str, ours: Any) -> Any:
+    """PyTorch nn.LSTM / nn.GRU (batch_first) holding our weights (its kernels are [g*n, f])."""
+    w = ours["cell"]
+    n = w["recurrent_kernel"].shape[0]
+    w_ih, w_hh, b_ih = w["input_kernel"].T.copy(), w["recurrent_kernel"].T.copy(), w["bias"].copy()
+    b_hh = np.zeros_like(b_ih)
+    if cell_name == "gru":
+        # PyTorch's update gate is the negation of ours, as Flax's
+        for array in (w_ih, w_hh, b_ih):
+            array[n : 2 * n] *= -1
+        b_hh[2 * n :] = w["recurrent_bias"]
+    layer_class = torch.nn.LSTM if cell_name == "lstm" else torch.nn.GRU
+    layer = layer_class(w_ih.shape[1], n, batch_first=True)
+    with torch.no_grad():
+        for name, value in [("weight_ih", w_ih), ("weight_hh", w_hh)]:
+            getattr(layer, f"{name}_l0").copy_(torch.from_numpy(value))
+        for name, value in [("bias_ih", b_ih), ("bias_hh", b_hh)]:
+            getattr(layer, f"{name}_l0").copy_(torch.from_numpy(value))
+    return layer
+
+
+def implementations(cell_name: str, config: Config, torch: Any) -> list[Implementation]:
+    """Every implementation timed for one cell, all with the same weights (ours, mapped)."""
+    width, rng = config.width, np.random.default_rng(config.seed)
+    impls = []
+    on_device = lambda tree: jax.tree.map(jnp.asarray, tree)
+
+    def ours_variants(cell: Cell, function: str, label: str, hoists: tuple[bool, ...]) -> Any:
+        weights = random_weights(cell, width, rng)
+        params = on_device(weights)
+        for hoist in hoists:
+            unrolls = config.hoisted_unrolls if hoist else config.unrolls
+            for unroll in unrolls if label == "" else (2,):  # the default unroll
+                name = f"ours{label} {'hoisted' if hoist else 'fused'} u{unroll}"
+                impls.append(
+                    Implementation(name, "ours", function, params, our_layer(cell, hoist, unroll))
+                )
+        return weights
+
+    if cell_name == "lstm":
+        cell = LSTMCell(width, parent=None)
+        weights = ours_variants(cell, "lstm", "", (False, True))
+        flax_params = on_device(flax_lstm_params(weights))
+        for flax_cell in (nn.OptimizedLSTMCell(width), nn.LSTMCell(width)):
+            name = f"flax {type(flax_cell).__name__}"
+            impls.append(Implementation(name, "flax", "lstm", flax_params, flax_layer(flax_cell)))
+        concatenated = concatenated_lstm(1)
+    else:
+        cell = GRUCell(width, reset_after=True, parent=None)
+        weights = ours_variants(cell, "gru", "", (False, True))
+        flax_params = on_device(flax_gru_params(weights))
+        impls.append(
+            Implementation(
+                "flax GRUCell", "flax", "gru", flax_params, flax_layer(nn.GRUCell(width))
+            )
+        )
+        reset_before = GRUCell(width, reset_after=False, parent=None)
+        ours_variants(reset_before, "gru reset_after=False", " reset_after=False", (False,))
+        concatenated = concatenated_gru(1)
+    if torch is not None:
+        layer = torch_layer(torch, cell_name, weights)
+        impls.append(
+            Implementation(
+                f"torch nn.{cell_name.upper()}", "torch", cell_name, layer, lambda m, x: m(x)[0]
+            )
+        )
+    if config.prototypes:
+        params = on_device(weights)
+        for unroll in [u for u in config.unrolls if u <= 2]:  # u4 was never the fastest
+            custom = (lstm_custom_vjp if cell_name == "lstm" else gru_custom_vjp)(unroll)
+            name = f"proto custom-vjp u{unroll}"
+            impls.append(Implementation(name, "proto", cell_name, params, custom))
+        impls.append(Implementation("proto concat u1", "proto", cell_name, params, concatenated))
+    return impls
+
+
+@dataclasses.dataclass
+class Step:
+    """A prepared step: `call()` runs it once to completion."""
+
+    call: Callable[[], Any]
+    compile_seconds: float | None
+    first_call_seconds: float
+    check: dict[str, np.ndarray]
+    """What the first call computed, for the cross-check: outputs, or the input gradient."""
+    calls_per_sample: int = 1
+
+
+def prepare_jax(impl: Implementation, mode: str, inputs: np.ndarray) -> Step:
+    x = jnp.asarray(inputs)
+    if mode == "train":
+        loss = lambda params, x: jnp.mean(jnp.square(impl.outputs(params, x)))
+        function = jax.value_and_grad(loss, argnums=(0, 1))
+    else:
+        function = impl.outputs
+    start = time.perf_counter()
+    compiled = jax.jit(function).lower(impl.params, x).compile()
+    compile_seconds = time.perf_counter() - start
+    call = lambda: jax.block_until_ready(compiled(impl.params, x))
+    start = time.perf_counter()
+    result = call()
+    first = time.perf_counter() - start
+    check = {"input_gradient": np.asarray(result[1][1])} if mode == "train" else None
+    return Step(call, compile_seconds, first, check or {"outputs": np.asarray(result)})
+
+
+def prepare_torch(torch: Any, impl: Implementation, mode: str, inputs: np.ndarray) -> Step:
+    layer = impl.params
+    if mode == "train":
+        x = torch.from_numpy(inputs).requires_grad_()
+        weights = list(layer.parameters())
+
+        def call() -> Any:
+            loss = impl.outputs(layer, x).square().mean()
+            return loss, torch.autograd.grad(loss, [*weights, x])
+
+    else:
+        x = torch.from_numpy(inputs)
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return impl.outputs(layer, x)
+
+    start = time.perf_counter()
+    result = call()
+    first = time.perf_counter() - start
+    if mode == "train":
+        check = {"input_gradient": result[1][-1].detach().numpy().copy()}
+    else:
+        check = {"outputs": result.numpy().copy()}
+    return Step(call, None, first, check)
+
+
+def time_once(call: Callable[[], Any], times: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(times):
+        call()
+    return (time.perf_counter() - start) / times
+
+
+def difference(check: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """Outputs: max |a - b|; input gradients (mean-of-squares loss: ~1e-7): relative to max |b|."""
+    (kind, value), expected = next(iter(check.items())), next(iter(reference.values()))
+    scale = 1.0 if kind == "outputs" else float(np.max(np.abs(expected)))
+    return float(np.max(np.abs(value - expected))) / scale
+
+
+def measure(config: Config, cell_name: str, length: int, impls: list, torch: Any) -> tuple:
+    """Time every implementation and mode at one length, round-robin; cross-check the numbers.
+    Returns (rows, differences {impl: {"outputs": d, "input_gradient": d}})."""
+    rng = np.random.default_rng(config.seed + length)
+    inputs = rng.standard_normal((config.batch, length, config.width)).astype(np.float32)
+    steps, references, differences = {}, {}, {}
+    for impl in impls:
+        for mode in MODES:
+            if impl.family == "torch":
+                step = prepare_torch(torch, impl, mode, inputs)
+            else:
+                step = prepare_jax(impl, mode, inputs)
+            warm = time_once(step.call)
+            step.calls_per_sample = max(1, math.ceil(config.min_sample_seconds / warm))
+            kind = next(iter(step.check))
+            reference = references.setdefault((impl.function, kind), step.check)
+            differences.setdefault(impl.name, {})[kind] = difference(step.check, reference)
+            step.check = {}
+            steps[impl.name, mode] = step
+    keys = list(steps)
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    for repeat in range(config.repeats):
+        shift = repeat * len(keys) // config.repeats  # each pass starts somewhere else
+        for key in keys[shift:] + keys[:shift]:
+            step = steps[key]
+            samples[key].append(time_once(step.call, step.calls_per_sample))
+    rows = []
+    tokens, load = config.batch * length, os.getloadavg()[0]
+    for impl in impls:
+        for mode in MODES:
+            step, seconds = steps[impl.name, mode], samples[impl.name, mode]
+            rows.append(
+                {
+                    "cell": cell_name,
+                    "length": length,
+                    "mode": mode,
+                    "implementation": impl.name,
+                    "family": impl.family,
+                    "function": impl.function,
+                    "tokens_per_second": {
+                        "median": tokens / statistics.median(seconds),
+                        "min": tokens / max(seconds),
+                        "max": tokens / min(seconds),
+                    },
+                    "seconds": seconds,
+                    "calls_per_sample": step.calls_per_sample,
+                    "compile_seconds": step.compile_seconds,
+                    "first_call_seconds": step.first_call_seconds,
+                    "load_average": load,  # 1 minute, when these samples ended
+                }
+            )
+    return rows, differences
+
+
+def compare(rows: list[dict]) -> list[dict]:
+    """Per (cell, length, mode): ours (default and fastest variant) over Flax's fastest built-in
+    and PyTorch, counting only implementations of the same function (tokens/s ratio > 1: ours
+    is faster)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["cell"], row["length"], row["mode"]), []).append(row)
+    ratios = []
+    speed = lambda row: row["tokens_per_second"]["median"]
+    for (cell_name, length, mode), group in groups.items():
+        same = [r for r in group if r["function"] == cell_name]  # GRU: reset_after=True only
+        fastest = lambda family, same=same: max(
+            (r for r in same if r["family"] == family), key=speed, default=None
+        )
+        default = next(r for r in group if r["implementation"] == DEFAULT)
+        best, flax_best, torch_row, proto = (fastest(f) for f in ("ours", "flax", "torch", "proto"))
+        entry = {
+            "cell": cell_name,
+            "length": length,
+            "mode": mode,
+            "ours": speed(default),
+            "fastest_ours": best["implementation"],
+            "fastest_ours_tokens_per_second": speed(best),
+            "flax": flax_best["implementation"],
+            "flax_tokens_per_second": speed(flax_best),
+            "ours_vs_flax": speed(default) / speed(flax_best),
+            "fastest_ours_vs_flax": speed(best) / speed(flax_best),
+            "torch_tokens_per_second": speed(torch_row) if torch_row else None,
+            "ours_vs_torch": speed(default) / speed(torch_row) if torch_row else None,
+            "fastest_ours_vs_torch": speed(best) / speed(torch_row) if torch_row else None,
+        }
+        if proto is not None:
+            entry["fastest_proto"] = proto["implementation"]
+            entry["fastest_proto_vs_ours"] = speed(proto) / speed(default)
+            entry["protos_vs_ours"] = {
+                r["implementation"]: speed(r) / speed(default)
+                for r in same
+                if r["family"] == "proto"
+            }
+        ratios.append(entry)
+    return ratios
+
+
+def plot(rows: list[dict], config: Config, path: str) -> str:
+    cells, lengths = config.cells, config.lengths
+    fig, axes = figure(len(cells), len(MODES), figsize=(6 * len(MODES), 4.5 * len(cells)))
+    axes = np.asarray(axes).reshape(len(cells), len(MODES))
+    styles = {"ours": "-", "flax": "--", "torch": ":", "proto": "-."}
+    colors = matplotlib.colormaps["tab20"]
+    for i, cell_name in enumerate(cells):
+        for j, mode in enumerate(MODES):
+            ax = axes[i, j]
+            selected = [r for r in rows if r["cell"] == cell_name and r["mode"] == mode]
+            names = list(dict.fromkeys(r["implementation"] for r in selected))
+            for k, name in enumerate(names):
+                series = [r for r in selected if r["implementation"] == name]
+                series.sort(key=lambda r: r["length"])
+                tps = [r["tokens_per_second"] for r in series]
+                median = np.array([t["median"] for t in tps])
+                spread = [median - [t["min"] for t in tps], [t["max"] for t in tps] - median]
+                ax.errorbar(
+                    [r["length"] for r in series],
+                    median,
+                    yerr=spread,
+                    linestyle=styles[series[0]["family"]],
+                    marker="o",
+                    markersize=3,
+                    capsize=2,
+                    label=name,
+                    color="black" if series[0]["family"] == "torch" else colors(k % colors.N),
+                )
+            ax.set_xscale("log")
+            ax.set_xticks(list(lengths), [str(t) for t in lengths])
+            ax.set_xlabel("sequence length t")
+            ax.set_ylabel("tokens / s (median, min-max)")
+            ax.set_title(f"{cell_name} {mode}, b{config.batch} d{config.width}", fontsize=9)
+            ax.legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)
+
+
+def pivot(rows: list[dict], cell_name: str, lengths: tuple[int, ...]) -> str:
+    """One line per implementation: median k tokens/s per (mode, length), and compile time."""
+    table = {}
+    for row in rows:
+        if row["cell"] != cell_name:
+            continue
+        line = table.setdefault(row["implementation"], {"implementation": row["implementation"]})
+        line[f"{row['mode']} {row['length']}"] = row["tokens_per_second"]["median"] / 1e3
+        if row["mode"] == "train" and row["length"] == lengths[0]:
+            compile_s = row["compile_seconds"]
+            line["compile s"] = compile_s if compile_s is not None else "-"
+    columns = ["implementation", *(f"{m} {t}" for m in MODES for t in lengths), "compile s"]
+    return format_table(list(table.values()), columns)
+
+
+def summary_line(results: dict) -> str:
+    """A row for README.md's table of experiments: command, claim, result."""
+    ratios, per_length = results["ratios"], "/".join(map(str, results["lengths"]))
+    series = lambda cell, mode, key: "/".join(
+        f"{r[key]:.2f}" for r in ratios if (r["cell"], r["mode"]) == (cell, mode)
+    )
+    parts = []
+    for cell_name in dict.fromkeys(r["cell"] for r in ratios):
+        for mode in MODES:
+            text = f"{cell_name.upper()} {mode} {series(cell_name, mode, 'ours_vs_flax')}"
+            if results["torch"]["available"]:
+                text += f" (PyTorch {series(cell_name, mode, 'ours_vs_torch')})"
+            parts.append(text)
+    protos = []
+    for name in dict.fromkeys(n for r in ratios for n in r.get("protos_vs_ours", {})):
+        for cell_name in dict.fromkeys(r["cell"] for r in ratios):
+            train = [r for r in ratios if (r["cell"], r["mode"]) == (cell_name, "train")]
+            gains = "/".join(f"{r['protos_vs_ours'][name]:.2f}" for r in train)
+            protos.append(f"{name} {cell_name.upper()} {gains}")
+    gains = "; ".join(protos)
+    seconds = results["wall_seconds"]
+    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    over_torch = " (over PyTorch)" if results["torch"]["available"] else ""
+    return (
+        f"| `python -m experiments.recurrent_speed` (~{runtime}) | {results['claim']} | "
+        f"**{'holds' if results['holds'] else 'fails'}.** Tokens/s of ours (fused, unroll 2) over "
+        f"Flax's fastest built-in{over_torch} at T={per_length}, b{results['batch']} "
+        f"d{results['width']} float32: {'; '.join(parts)}."
+        + (f" Benchmark-only formulations over ours, training: {gains}." if gains else "")
+        + " |"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = tyro.cli(Config, args=argv)
+    if config.smoke:
+        config = dataclasses.replace(
+            config,
+            width=32,
+            lengths=(16,),
+            repeats=2,
+            unrolls=(2,),
+            hoisted_unrolls=(),  # tests/test_recurrent.py proves hoisted == fused
+            min_sample_seconds=0.0,
+        )
+    started = time.perf_counter()
+    out = experiment_dir("recurrent_speed", config.run_dir)
+    torch, torch_missing = load_torch(config.torch)
+    if torch is None:
+        print(f"PyTorch: {torch_missing}; comparing JAX implementations only")
+    rows, differences = [], {}
+    for cell_name in config.cells:
+        impls = implementations(cell_name, config, torch)
+        for length in config.lengths:
+            measured, found = measure(config, cell_name, length, impls, torch)
+            rows += measured
+            for name, kinds in found.items():
+                for kind, value in kinds.items():
+                    per_impl = differences.setdefault(kind, {}).setdefault(cell_name, {})
+                    per_impl[name] = max(value, per_impl.get(name, 0.0))
+            print(f"measured {cell_name} t={length}", flush=True)
+    ratios = compare(rows)
+    busiest = max(r["load_average"] for r in rows)
+    max_abs_difference = max(v for d in differences["outputs"].values() for v in d.values())
+    fastest = {}
+    for r in ratios:
+        fastest.setdefault(r["cell"], {}).setdefault(r["mode"], {})[r["length"]] = r["fastest_ours"]
+    results = {
+        "claim": "our RNN layer (fused, unroll 2) is at least as fast as Flax's nn.RNN",
+        "holds": all(r["ours_vs_flax"] >= TIE for r in ratios),
+        "command": "python -m experiments.recurrent_speed",
+        "config": dataclasses.asdict(config),
+        "device": f"{jax.devices()[0].platform}: {cpu_name()}, {os.cpu_count()} cores",
+        "max_load_average": busiest,
+        "versions": {
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__,
+            "torch": torch.__version__ if torch is not None else None,
+        },
+        "torch": {
+            "available": torch is not None,
+            "reason": torch_missing or None,
+            "threads": torch.get_num_threads() if torch is not None else None,
+        },
+        "dtype": "float32",
+        "batch": config.batch,
+        "width": config.width,
+        "lengths": list(config.lengths),
+        "measurements": rows,
+        "ratios": ratios,
+        "fastest_ours": fastest,
+        "max_abs_difference": max_abs_difference,
+        "max_abs_difference_outputs": differences["outputs"],
+        "max_relative_difference_input_gradient": differences["input_gradient"],
+        "wall_seconds": time.perf_counter() - started,
+    }
+    results["summary"] = summary_line(results)
+    write_results(out, results)
+    plot(rows, config, os.path.join(out, "recurrent_speed.png"))
+    for cell_name in config.cells:
+        print(f"\n{cell_name}: median k tokens/s (b{config.batch} d{config.width} float32)")
+        print(pivot(rows, cell_name, config.lengths))
+    columns = ["cell", "length", "mode", "ours_vs_flax", "fastest_ours", "fastest_ours_vs_flax"]
+    if torch is not None:
+        columns += ["ours_vs_torch", "fastest_ours_vs_torch"]
+    if config.prototypes:
+        columns += ["fastest_proto", "fastest_proto_vs_ours"]
+    print("\nratios of tokens/s (> 1: ours faster)")
+    print(format_table(ratios, columns))
+    print(f"\nmax |ours - reference| over outputs: {max_abs_difference:.2g}")
+    if busiest > (os.cpu_count() or 2):
+        print(
+            f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores: the numbers "
+            "are noisy (PyTorch's OpenMP threads stall worst when the cores are oversubscribed)"
+        )
+    print(f"wall time {results['wall_seconds']:.0f} s; README row:\n{results['summary']}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
