@@ -29,14 +29,15 @@ reset_after=False (the default, the paper's form) is timed beside them.
 large products after the reverse loop instead of K = b products inside it).
 
 Result (2026-11-21, 2 cores of an AMD EPYC, jax 0.10.2, torch 2.13.0, load average < 2; tokens/s
-ratios at T = 64/256/1024): the claim holds as a tie. Ours (fused, u1) over Flax's fastest
-built-in: LSTM train 1.08/0.90/0.92, infer 1.07/1.15/0.92; GRU train 1.11/1.04/1.09, infer
-1.03/0.99/1.05. Over PyTorch: LSTM 0.55-0.75 (its fused oneDNN kernel), GRU 1.24-1.52. Fused
-u2 is our fastest GRU (train 1.11-1.19x, infer 1.23-1.29x over u1); for the LSTM u1 and u2 tie
-(infer u2 1.00-1.13x). Hoisting is slower (inference 0.4-0.7x); the custom-VJP prototype trains
-the LSTM 1.19-1.23x faster than ours; the concatenated product is no faster. On a busy machine
-the spread grows to ~35% and PyTorch's OpenMP threads stall (1-5k tokens/s): compare ratios
-from a quiet run.
+ratios at T = 64/256/1024; 280 s): the claim holds, the LSTM's training as a tie. Ours (fused,
+u2, the default) over Flax's fastest built-in: LSTM train 0.99/0.96/0.89, infer 1.33/1.08/1.02;
+GRU train 1.31/1.21/1.25, infer 1.33/1.31/1.35. Over PyTorch: LSTM train 0.49/0.67/0.70 and
+infer 0.69/0.64/0.62 (its fused oneDNN kernel: 88k/72k/59k tokens/s train), GRU train
+1.75/1.46/1.77, infer 2.06/1.86/1.90. u2 was chosen as the default after an earlier quiet run
+(GRU train 1.11-1.19x, infer 1.23-1.29x over u1; LSTM a tie). Hoisting is slower (inference
+0.4-0.6x); the custom-VJP prototype trains the LSTM 1.16-1.44x faster than ours (the GRU not);
+the concatenated product is no faster. On a busy machine the spread grows to ~35% and
+PyTorch's OpenMP threads stall (1-5k tokens/s): compare ratios from a quiet run.
 """
 
 import dataclasses
