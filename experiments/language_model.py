@@ -15,32 +15,32 @@ from the test set, and the true source's bits/char on the sampled text, which is
 entropy rate when the model's samples look like the language (E_q[-log2 p] = H(q) + KL(q||p)).
 
 Command: `python -m experiments.language_model` (`--cells lstm --steps 4000`, `--smoke`).
-Expected runtime on a 2-core CPU: about 3 minutes quiet (CPU time 2.4 min); 4.4 min measured
+Expected runtime on a 2-core CPU: about 2 minutes quiet (105 s measured); 4.4 min measured
 while other jobs kept the load at 6-10. Smoke: 5-7 s with a warm compilation cache, 35 s cold
 on that loaded machine (mostly compiling 3 models and 6 generate programs).
 
 Result (defaults: hidden 128, embedding 32, 2000 Adam steps of 32 x 128 fresh tokens, lr 5e-3
-with 100 warm-up steps and cosine decay, clip 1.0, seed 0; jax 0.10.2, 2 shared CPU cores).
+with 100 warm-up steps and cosine decay, clip 1.0, seed 0; jax 0.10.2, quiet 2-core CPU, 105 s
+in all; re-measured after the recurrent kernels became one orthogonal block per gate).
 Bits/char over the 32,512 scored test tokens; "source bits" = the true source's bits/char on
 32 sampled (temperature 1) and on the greedy continuations, 256 new tokens each:
 
     model  parameters  test bits/char  gap      source bits sampled  source bits greedy  train s
-    lstm   85008       3.065           0.02151  3.107                1.807               111.4
-    gru    64400       3.066           0.02224  3.109                1.752               68.47
-    elman  23184       3.086           0.04233  3.169                2.125               39.19
+    lstm   85008       3.065           0.0216   3.105                1.749               48.2
+    gru    64400       3.065           0.0216   3.123                1.806               34.3
+    elman  23184       3.081           0.0381   3.191                1.806               13.1
 
 Entropy rate 3.0434, the true source on the same test tokens 3.0438, unigram entropy 3.9975
 (the symbols are almost equally frequent: all the predictability is in the context),
-log2(16) = 4. The claim held (holds = true): the LSTM ends 0.0215 bits/char above the entropy
-rate, i.e. it removes 98% of the 0.95 bits that context can save; it passed the 0.1 bar by
-step 400 of 2000 and was still improving slowly at the end (validation 3.065 at 1800, 3.064
-at 2000). The GRU is level with it (0.022), the Elman network, with the same hidden size and
-a quarter of the parameters, trails (0.042) but also passes. Sampled text scores 3.11 bits/char
-under the true source (3.17 for Elman), near the entropy rate: the samples look like the
-language, slightly more random than it (E_q[-log2 p] = H(q) + KL(q||p)). Greedy text is far
-more probable per symbol (1.8 bits) and falls into a cycle after about 20 symbols (LSTM:
-"...hpkll" repeated). The three models' samples share long stretches because they are drawn
-with the same key (common random numbers), not because the models are the same.
+log2(16) = 4. The claim held (holds = true): the LSTM ends 0.0216 bits/char above the entropy
+rate, i.e. it removes 98% of the 0.95 bits that context can save. The GRU is level with it,
+the Elman network, with the same hidden size and a quarter of the parameters, trails (0.038)
+but also passes. Sampled text scores 3.11-3.19 bits/char under the true source, near the
+entropy rate: the samples look like the language, slightly more random than it
+(E_q[-log2 p] = H(q) + KL(q||p)). Greedy text is far more probable per symbol (1.7-1.8 bits)
+and falls into a cycle after about 20 symbols ("...hpkll" repeated). The three models'
+samples share long stretches because they are drawn with the same key (common random
+numbers), not because the models are the same.
 """
 
 import dataclasses

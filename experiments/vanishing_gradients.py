@@ -36,41 +36,41 @@ Command: python -m experiments.vanishing_gradients
 Runtime on a 2-core CPU: 2.5 minutes measured with the machine shared (load ~8; 85 s of CPU
 time), so about 1.5 minutes on a quiet one (smoke: 20-25 s shared, 13 s of CPU time).
 
-Result (2026-11-21, jax 0.10.2 CPU, float32, seeds 0 1 2; all numbers from results.json):
+Result (2026-11-21, jax 0.10.2 CPU, float32, seeds 0 1 2; all numbers from results.json; 73 s
+on a quiet 2-core CPU; re-measured after the recurrent kernels became one orthogonal block per
+gate):
 
     model  ratio init  ratio trained  decay/step init  decay/step trained  test mse
-    elman  2.3e-11     <= 6.6e-30     0.78             0.63 (k < 69)       0.171
-    lstm   6.0e-08     0.15           0.85             0.992               0.0073
-    gru    7.7e-17     0.091          0.70             0.992               0.0047
+    elman  1.1e-10     <= 2.5e-28     0.79             0.68 (k < 83)       0.149
+    lstm   1.8e-04     0.14           0.92             0.988               0.0055
+    gru    5.7e-13     0.068          0.76             0.989               0.0015
 
-The claim holds (holds = true) for trained models: Elman's gradient falls by 10^-14 within
-68 steps (0.63 per step) and underflows float32 for some sequences beyond; trained LSTM and GRU
-keep 15% and 9% of it across all 99 steps (0.992 per step), and they solve the adding problem
-(test mse 0.007 and 0.005 against 0.167 for predicting the mean), which Elman does not (0.171).
-It does not hold at initialisation (holds_at_init = false): LSTM (forget bias 1, f ~ 0.73)
-already decays slower than Elman there, but GRU (update gate z ~ 1/2) decays faster than
-Elman (1e-16 against 1e-11 over 99 steps). The gated architectures do not keep gradients by
-construction; they can learn gates that do (forget gates near 1, update gates near 0, we
-expect; the gates were not measured here), and training on a task that needs memory made
-them do it.
+The claim holds (holds = true) for trained models: Elman's gradient falls by a factor 0.68 per
+step and underflows float32 for some sequences from k = 83 on (its trained ratio is an upper
+bound); trained LSTM and GRU keep 14% and 7% of it across all 99 steps (0.99 per step), and
+they solve the adding problem (test mse 0.0055 and 0.0015 against 0.167 for predicting the
+mean), which Elman does not (0.149). It does not hold at initialisation (holds_at_init =
+false): LSTM (forget bias 1) already decays far slower than Elman there, but GRU (update gate
+z ~ 1/2) decays faster than Elman (6e-13 against 1e-10 over 99 steps). The gated architectures
+do not keep gradients by construction; they can learn gates that do, and training on a task
+that needs memory made them do it (the gates themselves were not measured here).
 
 Scalar: w = 4 gives 4^99 = 4.0e59 at k = 99 and w = 0.2 gives 6.3e-70, equal to w**k to
 4e-16 in float64; in float32 the w = 4 gradient is inf from k = 64 and the w = 0.2 one is 0
 from k = 55. With tanh, w = 4 saturates the unit (tanh' ~ 5e-4) and its gradient vanishes
 instead (4.5e-271 at k = 99); w = 0.2 falls to 4.0e-90.
 
-Clipping (recurrent kernel x1.5, SGD lr 0.05): all three unclipped runs diverged, at steps 35,
-35 and 37, after their logged loss reached 1e25-1e29 and gradient norm 1e13-1e15; all three
-clipped runs finished (test mse 0.180, 0.170, 0.169), as did the controls (0.161-0.162). No
-Elman run learns the task at T = 100. Read with care: the scaled kernel's loss gradient at
-initialisation is ordinary (8-16, the default's 5-12): the explosion comes within ~30 steps,
-once an unclipped step (0.4-0.8 in norm) has pushed the weights over the edge. The clipped runs'
-logged gradient norms never exceeded 6, so clipping worked as a cap on the step size that kept
-training away from that region; unclipped SGD at lr 0.03 also survived at this scale (a
-side run, seeds 0 1 2). With the kernel x2 the gradient is already 1e4-1e6 at initialisation;
-there (lr 0.03) two of three unclipped runs diverged (steps 43, 61) and one recovered, while the
-clipped runs stayed finite but stuck at loss 1.6-2.3 for 1000 steps, worse than predicting the
-mean: clipping prevents the NaN, not the chaotic dynamics.
+Clipping (recurrent kernel x1.5, SGD lr 0.05): all three unclipped runs diverged, at steps 33,
+35 and 9 (the logged loss of the first two reached 1e28-1e32 and the gradient norm 1e14-1e17;
+the third diverged before its first log); all three clipped runs finished (test mse 0.167,
+0.186, 0.193), as did the controls at the default scale (0.158-0.161). No Elman run learns the
+task at T = 100. Read with care: the scaled kernel's loss gradient at initialisation is
+ordinary (11-25, the default's 7-21): the explosion comes within a few dozen steps, once
+unclipped steps have pushed the weights over the edge. The clipped runs' logged gradient norms
+stayed below 11, so clipping worked as a cap on the step size that kept training away from
+that region. (Under the earlier initialisation, a side run found that unclipped SGD at lr 0.03
+also survived at this scale, and that with the kernel x2 clipped runs stayed finite but stuck
+at a loss worse than predicting the mean: clipping prevents the NaN, not chaotic dynamics.)
 """
 
 import dataclasses
