@@ -93,13 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = {"inputs": inputs, "targets": targets, "mask": np.ones(len(targets), np.float32)}
     layers = [f"hidden_{i}" for i in range(config.depth)] + ["head"]
     optim = OptimConfig(name=config.optimizer, lr=config.lr)
-    run = RunConfig(
-        steps=config.steps,
-        eval_every=config.steps,
-        log_every=config.steps,
-        progress="off",
-        tensorboard=False,
-    )
+    run = RunConfig.quiet(config.steps)
 
     norms = {a: {"init": [], "final": []} for a in ACTIVATIONS}  # [seed][layer]
     accuracy = {a: [] for a in ACTIVATIONS}

@@ -67,14 +67,12 @@ def train_model(name: str, model, task, config: Config, out: str) -> dict:
     optim = OptimConfig(lr=config.lr)
     runs = []
     for seed in config.seeds:
-        run = RunConfig(
-            steps=config.steps,
+        run = RunConfig.quiet(
+            config.steps,
             eval_every=max(config.steps // config.evaluations, 1),
             log_every=max(config.steps // config.evaluations, 1),
             seed=seed,
             run_dir=os.path.join(out, f"{name}-seed{seed}"),
-            progress="off",
-            tensorboard=False,
         )
         runs.append(fit(model, task, optim, run))
     test = np.array([r.summary["final"]["test"]["accuracy"] for r in runs])

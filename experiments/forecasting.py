@@ -110,14 +110,11 @@ def train_model(name: str, model, series: str, task, config: Config, out: str) -
     )
     runs = []
     for seed in config.seeds:
-        run = RunConfig(
-            steps=config.steps,
-            eval_every=config.steps,
+        run = RunConfig.quiet(
+            config.steps,
             log_every=max(config.steps // 10, 1),
             seed=seed,
             run_dir=os.path.join(out, f"{series}-{name}-seed{seed}"),
-            progress="off",
-            tensorboard=False,
         )
         runs.append(fit(model, task, optim, run))
     test = np.array([r.summary["final"]["test"]["mse"] for r in runs])

@@ -178,14 +178,12 @@ def train_model(cell: str, task: MarkovLanguage, config: Config, out: str) -> di
         clip_norm=config.clip_norm,
     )
     every = max(config.steps // config.evaluations, 1)
-    run = RunConfig(
-        steps=config.steps,
+    run = RunConfig.quiet(
+        config.steps,
         eval_every=every,
         log_every=every,
         seed=config.seed,
         run_dir=os.path.join(out, cell),
-        progress="off",
-        tensorboard=False,
     )
     result = fit(model, task, optim, run)
     test_bits = result.summary["final"]["test"]["bits_per_char"]

@@ -144,14 +144,8 @@ def train(model_name: str, cell: str, task, steps: int, config: Config, run_dir:
             warmup_steps=min(config.warmup_steps, steps),
             clip_norm=config.clip_norm,
         ),
-        RunConfig(
-            steps=steps,
-            eval_every=every,
-            log_every=every,
-            seed=config.seed,
-            run_dir=run_dir,
-            progress="off",
-            tensorboard=False,
+        RunConfig.quiet(
+            steps, eval_every=every, log_every=every, seed=config.seed, run_dir=run_dir
         ),
     )
     summary = result.summary

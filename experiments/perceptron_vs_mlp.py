@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mlp": MODELS["mlp"](hidden_sizes=(config.hidden_size,), activation=config.activation),
     }
     optim = OptimConfig(name="adam", lr=config.lr)
-    run = RunConfig(
-        steps=config.steps,
-        eval_every=config.steps,
-        log_every=config.steps,
-        progress="off",
-        tensorboard=False,
-    )
+    run = RunConfig.quiet(config.steps)
 
     accuracy = {m: {t: [] for t in TASK_NAMES} for m in MODEL_NAMES}  # test accuracy per seed
     surfaces = {}  # (model, task) -> the first seed's decision surface and test split

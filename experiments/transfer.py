@@ -81,15 +81,7 @@ class Config:
 
 
 def quiet_run(steps: int, seed: int, run_dir: str) -> RunConfig:
-    return RunConfig(
-        steps=steps,
-        eval_every=steps,
-        log_every=steps,
-        seed=seed,
-        run_dir=run_dir,
-        progress="off",
-        tensorboard=False,
-    )
+    return RunConfig.quiet(steps, seed=seed, run_dir=run_dir)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -196,15 +196,7 @@ def clipping_run(
     """Train an Elman RNN from `init_params` with SGD; its loss curve and its fate."""
     model = adapt_model(MODELS["rnn"](cell="elman", hidden_size=config.hidden_size), task)
     optim = OptimConfig(name="sgd", lr=config.explode_lr, clip_norm=clip_norm)
-    run = RunConfig(
-        steps=config.explode_steps,
-        eval_every=config.explode_steps,
-        log_every=10,
-        seed=seed,
-        run_dir=run_dir,
-        progress="off",
-        tensorboard=False,
-    )
+    run = RunConfig.quiet(config.explode_steps, log_every=10, seed=seed, run_dir=run_dir)
     diverged_at, test_mse = None, None
     try:
         result = fit(model, task, optim, run, init_params=init_params)
@@ -276,13 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = Adding(length=config.length, batch_size=config.batch_size)
     inputs = task.data["validation"][0][: config.num_examples]  # [b, t, f]
     optim = OptimConfig(lr=config.lr, clip_norm=config.clip_norm)
-    run = RunConfig(
-        steps=config.steps,
-        eval_every=config.steps,
-        log_every=config.steps,
-        progress="off",
-        tensorboard=False,
-    )
+    run = RunConfig.quiet(config.steps)
     norms = {cell: {"init": [], "trained": []} for cell in CELLS}  # [seed][b, t]
     test_mse = {cell: [] for cell in CELLS}
     for cell in CELLS:

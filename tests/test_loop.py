@@ -247,3 +247,12 @@ def test_reported_perplexity_is_exp_of_the_mean_loss():
     for metrics in summary["final"].values():
         assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-6)
         assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2), rel=1e-5)
+
+
+def test_quiet_run_config_for_studies():
+    assert RunConfig.quiet(100, evaluations=4) == RunConfig(
+        steps=100, eval_every=25, log_every=25, progress="off", tensorboard=False
+    )
+    assert RunConfig.quiet(10, seed=3, log_every=2) == RunConfig(
+        steps=10, eval_every=10, log_every=2, seed=3, progress="off", tensorboard=False
+    )

@@ -50,6 +50,19 @@ class RunConfig:
     progress: Progress = "auto"
     tensorboard: bool = True
 
+    @classmethod
+    def quiet(cls, steps: int, evaluations: int = 1, **fields: Any) -> "RunConfig":
+        """A run inside a study: evaluated and logged `evaluations` times (the last at the
+        end), no progress output, no TensorBoard; `fields` set anything else."""
+        every = max(steps // evaluations, 1)
+        defaults = {
+            "eval_every": every,
+            "log_every": every,
+            "progress": "off",
+            "tensorboard": False,
+        }
+        return cls(steps=steps, **{**defaults, **fields})
+
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
