@@ -169,3 +169,56 @@ def test_lowered_program_does_not_grow_with_the_number_of_tokens(variables):
     ]
     assert programs[0] == programs[1]
     assert programs[0].count("stablehlo.while") == 2  # the prefill scan and the extension scan
+
+
+# Decoding: stepping through a sequence gives the logits of the full forward pass.
+
+
+DECODE_CELLS = {
+    "elman": dict(cell="elman"),
+    "lstm": dict(cell="lstm"),
+    "gru": dict(cell="gru"),
+    "gru_reset_after": dict(cell="gru", reset_after=True),
+    "lstm_hoisted_unrolled": dict(cell="lstm", hoist_inputs=True, unroll=3),
+}
+
+
+@pytest.mark.parametrize("name", list(DECODE_CELLS))
+def test_decode_step_equals_the_full_forward_pass(name):
+    model = RNNLanguageModel(
+        vocab_size=11,
+        num_outputs=11,
+        embed_size=6,
+        hidden_size=5,
+        num_layers=2,
+        **DECODE_CELLS[name],
+    )
+    tokens = np.random.default_rng(6).integers(0, 11, (3, 7)).astype(np.int32)
+    variables = random_variables(model, tokens)
+
+    @jax.jit
+    def both(variables):
+        full = model.apply(variables, tokens)  # [b, t, v]
+
+        def step(cache, token):
+            logits, cache = model.apply(variables, cache, token, method=model.decode_step)
+            return cache, logits
+
+        _, stepped = jax.lax.scan(step, model.init_cache(3, 7), tokens.T)  # [t, b, v]
+        return full, jnp.swapaxes(stepped, 0, 1)
+
+    full, stepped = both(variables)
+    chex.assert_shape(full, (3, 7, 11))
+    chex.assert_trees_all_close(stepped, full, rtol=1e-5, atol=1e-5)
+    assert float(jnp.std(full)) > 0.1
+
+
+@pytest.mark.parametrize("cell, state_shapes", [("lstm", ((2, 5), (2, 5))), ("gru", (2, 5))])
+def test_cache_is_one_state_per_layer_whatever_the_length(cell, state_shapes):
+    model = RNNLanguageModel(cell=cell, hidden_size=5, num_layers=2)
+    caches = [model.init_cache(2, max_len) for max_len in (4, 100_000)]
+    shapes = [jax.tree.map(jnp.shape, cache) for cache in caches]
+    assert shapes[0] == shapes[1] == [state_shapes] * 2
+    for leaf in jax.tree.leaves(caches):
+        assert leaf.dtype == jnp.float32
+        assert np.all(np.asarray(leaf) == 0)

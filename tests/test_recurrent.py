@@ -1,213 +1,36 @@
-"""Recurrent networks: the cells against NumPy and Flax, the RNN layer, the models, decoding.
+"""Recurrent networks: the RNN layer (masks, reversal, hoisting), the models, decoding steps.
 
 Legend: b batch, t time, f input features, n hidden units, v vocabulary.
 """
 
-import functools
 import re
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from recurrent_support import (
+    BATCH,
+    CELLS,
+    FEATURES,
+    HIDDEN,
+    TIME,
+    TOLERANCE,
+    layer_function,
+    random_inputs,
+    random_variables,
+)
 
 from arch import MODELS
 from arch.recurrent import (
     RNN,
-    ElmanCell,
-    GRUCell,
     LSTMCell,
     RNNClassifier,
     RNNLanguageModel,
     RNNTagger,
 )
 from train.state import parameter_count
-
-BATCH, TIME, FEATURES, HIDDEN = 3, 6, 5, 4
-TOLERANCE = dict(rtol=1e-5, atol=1e-6)
-
-CELLS = {
-    "elman": lambda: ElmanCell(HIDDEN, parent=None),
-    "elman_relu": lambda: ElmanCell(HIDDEN, activation="relu", parent=None),
-    "lstm": lambda: LSTMCell(HIDDEN, parent=None),
-    "gru": lambda: GRUCell(HIDDEN, reset_after=False, parent=None),
-    "gru_reset_after": lambda: GRUCell(HIDDEN, reset_after=True, parent=None),
-}
-
-
-def random_variables(module, *inputs, seed: int = 0) -> dict:
-    """Parameters of the module's shapes from NumPy: standard normal over sqrt(fan-in) for
-    matrices, 0.5 * standard normal for vectors (non-zero biases, so that each one matters)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs))
-    scale = lambda shape: 1 / np.sqrt(shape[0]) if len(shape) > 1 else 0.5
-    fill = lambda s: (scale(s.shape) * rng.standard_normal(s.shape)).astype(s.dtype)
-    return jax.tree.map(fill, shapes)
-
-
-def random_inputs(*shape: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-@functools.cache
-def layer_function(name: str, reverse: bool = False, hoist_inputs: bool = False, unroll: int = 1):
-    """The RNN layer over the cell `name`, its apply jitted once for the whole module:
-    (variables, inputs [b, t, f], mask [b, t], initial state) -> (outputs [b, t, n], state)."""
-    layer = RNN(CELLS[name](), reverse=reverse, hoist_inputs=hoist_inputs, unroll=unroll)
-    return jax.jit(
-        lambda variables, x, mask=None, state=None: layer.apply(variables, x, mask, state)
-    )
-
-
-@pytest.fixture(scope="module")
-def inputs() -> np.ndarray:
-    return random_inputs(BATCH, TIME, FEATURES)
-
-
-@pytest.fixture(scope="module")
-def cell_variables(inputs) -> dict:
-    """Random variables of the RNN layer over each cell (they do not depend on the options)."""
-    return {
-        name: random_variables(RNN(make(), hoist_inputs=False), inputs)
-        for name, make in CELLS.items()
-    }
-
-
-# The textbook equations in NumPy (float64), one step at a time.
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
-
-
-def numpy_elman(weights, xs, activation="tanh"):
-    act = {"tanh": np.tanh, "relu": lambda a: np.maximum(a, 0)}[activation]
-    w_x, w_h, b = weights["input_kernel"], weights["recurrent_kernel"], weights["bias"]
-    h = np.zeros((xs.shape[0], w_h.shape[0]))
-    outputs = []
-    for x in np.swapaxes(xs, 0, 1):
-        h = act(x @ w_x + h @ w_h + b)  # h_t = act(W_x x_t + W_h h_{t-1} + b)
-        outputs.append(h)
-    return np.stack(outputs, axis=1), h
-
-
-def numpy_lstm(weights, xs):
-    w_x, w_h, b = weights["input_kernel"], weights["recurrent_kernel"], weights["bias"]
-    c = h = np.zeros((xs.shape[0], w_h.shape[0]))
-    outputs = []
-    for x in np.swapaxes(xs, 0, 1):
-        i, f, g, o = np.split(x @ w_x + h @ w_h + b, 4, axis=-1)
-        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)  # C_t = f_t * C_{t-1} + i_t * C~_t
-        h = sigmoid(o) * np.tanh(c)  # h_t = o_t * tanh(C_t)
-        outputs.append(h)
-    return np.stack(outputs, axis=1), (c, h)
-
-
-def numpy_gru(weights, xs, reset_after=False):
-    w_xr, w_xz, w_xn = np.split(weights["input_kernel"], 3, axis=-1)
-    w_hr, w_hz, w_hn = np.split(weights["recurrent_kernel"], 3, axis=-1)
-    b_r, b_z, b_n = np.split(weights["bias"], 3)
-    h = np.zeros((xs.shape[0], w_hr.shape[0]))
-    outputs = []
-    for x in np.swapaxes(xs, 0, 1):
-        r = sigmoid(x @ w_xr + h @ w_hr + b_r)
-        z = sigmoid(x @ w_xz + h @ w_hz + b_z)
-        if reset_after:
-            candidate = np.tanh(x @ w_xn + b_n + r * (h @ w_hn + weights["recurrent_bias"]))
-        else:
-            candidate = np.tanh(x @ w_xn + (r * h) @ w_hn + b_n)
-        h = (1 - z) * h + z * candidate
-        outputs.append(h)
-    return np.stack(outputs, axis=1), h
-
-
-NUMPY_CELLS = {
-    "elman": numpy_elman,
-    "elman_relu": lambda w, xs: numpy_elman(w, xs, "relu"),
-    "lstm": numpy_lstm,
-    "gru": numpy_gru,
-    "gru_reset_after": lambda w, xs: numpy_gru(w, xs, reset_after=True),
-}
-
-
-@pytest.mark.parametrize("hoist_inputs", [False, True])
-@pytest.mark.parametrize("name", list(CELLS))
-def test_cell_follows_its_textbook_equations(name, hoist_inputs, inputs, cell_variables):
-    variables = cell_variables[name]
-    weights = jax.tree.map(lambda w: np.asarray(w, np.float64), variables["params"]["cell"])
-    expected = NUMPY_CELLS[name](weights, inputs.astype(np.float64))
-    got = layer_function(name, hoist_inputs=hoist_inputs)(variables, inputs)
-    assert got[0].dtype == jnp.float32
-    chex.assert_trees_all_close(got, expected, **TOLERANCE)
-    assert float(np.std(expected[0])) > 0.1  # a real signal, not saturated or vanishing
-
-
-# Flax's built-in cells under a mapping of their per-gate Dense weights to ours.
-
-
-def from_simple_cell(flax_params):
-    return {
-        "input_kernel": flax_params["i"]["kernel"],
-        "recurrent_kernel": flax_params["h"]["kernel"],
-        "bias": flax_params["i"]["bias"],
-    }
-
-
-def from_lstm_cell(flax_params):
-    gates = "ifgo"  # Flax sums the input product (no bias) and the recurrent product (bias)
-    return {
-        "input_kernel": jnp.concatenate([flax_params[f"i{g}"]["kernel"] for g in gates], -1),
-        "recurrent_kernel": jnp.concatenate([flax_params[f"h{g}"]["kernel"] for g in gates], -1),
-        "bias": jnp.concatenate([flax_params[f"h{g}"]["bias"] for g in gates], -1),
-    }
-
-
-def from_gru_cell(flax_params):
-    # Flax: h' = (1 - z) n + z h; ours: h' = (1 - z') h + z' n, so z' = 1 - z = sigma(-pre_z)
-    sign = {"r": 1, "z": -1, "n": 1}
-    return {
-        "input_kernel": jnp.concatenate(
-            [sign[g] * flax_params[f"i{g}"]["kernel"] for g in "rzn"], -1
-        ),
-        "recurrent_kernel": jnp.concatenate(
-            [sign[g] * flax_params[f"h{g}"]["kernel"] for g in "rzn"], -1
-        ),
-        "bias": jnp.concatenate([sign[g] * flax_params[f"i{g}"]["bias"] for g in "rzn"], -1),
-        # n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the same placement as reset_after
-        "recurrent_bias": flax_params["hn"]["bias"],
-    }
-
-
-FLAX_CELLS = {
-    "simple_cell": (nn.SimpleCell, "elman", from_simple_cell),
-    "lstm_cell": (nn.LSTMCell, "lstm", from_lstm_cell),
-    "optimized_lstm_cell": (nn.OptimizedLSTMCell, "lstm", from_lstm_cell),
-    "gru_cell": (nn.GRUCell, "gru_reset_after", from_gru_cell),
-}
-
-
-@pytest.mark.parametrize("flax_name", list(FLAX_CELLS))
-def test_cell_equals_flax_builtin_cell(flax_name, inputs):
-    flax_cell, ours, to_ours = FLAX_CELLS[flax_name]
-    flax_rnn = nn.RNN(flax_cell(HIDDEN), return_carry=True)
-    flax_variables = random_variables(flax_rnn, inputs, seed=3)
-    variables = {"params": {"cell": to_ours(flax_variables["params"]["cell"])}}
-    layer = RNN(CELLS[ours]())
-
-    @jax.jit
-    def both(flax_variables, variables):
-        flax_state, flax_outputs = flax_rnn.apply(flax_variables, inputs)
-        return (flax_outputs, flax_state), layer.apply(variables, inputs)
-
-    flax_result, our_result = both(flax_variables, variables)
-    # the mapped weights have exactly the shapes of ours
-    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-        lambda s: s.shape, jax.eval_shape(layer.init, jax.random.key(0), inputs)
-    )
-    chex.assert_trees_all_close(our_result, flax_result, **TOLERANCE)
-
 
 # The RNN layer: hoisting, masks, reversal, unrolling, initial state.
 
@@ -593,56 +416,3 @@ def test_parameter_counts_of_variants(fields, expected):
     x = TOKENS if "vocab_size" in fields else FEATURE_SEQUENCES
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     assert parameter_count(variables["params"]) == expected
-
-
-# Decoding: stepping through a sequence gives the logits of the full forward pass.
-
-
-DECODE_CELLS = {
-    "elman": dict(cell="elman"),
-    "lstm": dict(cell="lstm"),
-    "gru": dict(cell="gru"),
-    "gru_reset_after": dict(cell="gru", reset_after=True),
-    "lstm_hoisted_unrolled": dict(cell="lstm", hoist_inputs=True, unroll=3),
-}
-
-
-@pytest.mark.parametrize("name", list(DECODE_CELLS))
-def test_decode_step_equals_the_full_forward_pass(name):
-    model = RNNLanguageModel(
-        vocab_size=11,
-        num_outputs=11,
-        embed_size=6,
-        hidden_size=5,
-        num_layers=2,
-        **DECODE_CELLS[name],
-    )
-    tokens = np.random.default_rng(6).integers(0, 11, (3, 7)).astype(np.int32)
-    variables = random_variables(model, tokens)
-
-    @jax.jit
-    def both(variables):
-        full = model.apply(variables, tokens)  # [b, t, v]
-
-        def step(cache, token):
-            logits, cache = model.apply(variables, cache, token, method=model.decode_step)
-            return cache, logits
-
-        _, stepped = jax.lax.scan(step, model.init_cache(3, 7), tokens.T)  # [t, b, v]
-        return full, jnp.swapaxes(stepped, 0, 1)
-
-    full, stepped = both(variables)
-    chex.assert_shape(full, (3, 7, 11))
-    chex.assert_trees_all_close(stepped, full, rtol=1e-5, atol=1e-5)
-    assert float(jnp.std(full)) > 0.1
-
-
-@pytest.mark.parametrize("cell, state_shapes", [("lstm", ((2, 5), (2, 5))), ("gru", (2, 5))])
-def test_cache_is_one_state_per_layer_whatever_the_length(cell, state_shapes):
-    model = RNNLanguageModel(cell=cell, hidden_size=5, num_layers=2)
-    caches = [model.init_cache(2, max_len) for max_len in (4, 100_000)]
-    shapes = [jax.tree.map(jnp.shape, cache) for cache in caches]
-    assert shapes[0] == shapes[1] == [state_shapes] * 2
-    for leaf in jax.tree.leaves(caches):
-        assert leaf.dtype == jnp.float32
-        assert np.all(np.asarray(leaf) == 0)
