@@ -1,10 +1,57 @@
-"""Fixtures shared by several test files: recurrent layers' inputs and variables, a text file."""
+"""Shared by several test files: the recurrent tests' sizes, cells, random variables and
+inputs (imported as `from conftest import ...`), and fixtures (recurrent inputs and variables,
+a text file with three regions).
 
+Legend: b batch, t time, f input features, n hidden units.
+"""
+
+import functools
+
+import jax
 import numpy as np
 import pytest
-from recurrent_support import BATCH, CELLS, FEATURES, TIME, random_inputs, random_variables
 
-from arch.recurrent import RNN
+from arch.recurrent import (
+    RNN,
+    ElmanCell,
+    GRUCell,
+    LSTMCell,
+)
+
+BATCH, TIME, FEATURES, HIDDEN = 3, 6, 5, 4
+TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+
+CELLS = {
+    "elman": lambda: ElmanCell(HIDDEN, parent=None),
+    "elman_relu": lambda: ElmanCell(HIDDEN, activation="relu", parent=None),
+    "lstm": lambda: LSTMCell(HIDDEN, parent=None),
+    "gru": lambda: GRUCell(HIDDEN, reset_after=False, parent=None),
+    "gru_reset_after": lambda: GRUCell(HIDDEN, reset_after=True, parent=None),
+}
+
+
+def random_variables(module, *inputs, seed: int = 0) -> dict:
+    """Parameters of the module's shapes from NumPy: standard normal over sqrt(fan-in) for
+    matrices, 0.5 * standard normal for vectors (non-zero biases, so that each one matters)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs))
+    scale = lambda shape: 1 / np.sqrt(shape[0]) if len(shape) > 1 else 0.5
+    fill = lambda s: (scale(s.shape) * rng.standard_normal(s.shape)).astype(s.dtype)
+    return jax.tree.map(fill, shapes)
+
+
+def random_inputs(*shape: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@functools.cache
+def layer_function(name: str, reverse: bool = False, hoist_inputs: bool = False, unroll: int = 1):
+    """The RNN layer over the cell `name`, its apply jitted once for the whole module:
+    (variables, inputs [b, t, f], mask [b, t], initial state) -> (outputs [b, t, n], state)."""
+    layer = RNN(CELLS[name](), reverse=reverse, hoist_inputs=hoist_inputs, unroll=unroll)
+    return jax.jit(
+        lambda variables, x, mask=None, state=None: layer.apply(variables, x, mask, state)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from recurrent_support import (
+from conftest import (
     BATCH,
     CELLS,
     FEATURES,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from recurrent_support import (
+from conftest import (
     CELLS,
     HIDDEN,
     TOLERANCE,
