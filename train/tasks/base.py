@@ -23,6 +23,13 @@ Split = tuple[np.ndarray, ...]
 SPLITS = ("train", "validation", "test")
 
 
+def require_at_least(task: Any, **minimums: int) -> None:
+    """A clear error for the first field of `task` below its minimum (e.g. batch_size=1)."""
+    for name, least in minimums.items():
+        if getattr(task, name) < least:
+            raise ValueError(f"task.{name} must be >= {least}, got {getattr(task, name)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataPosition:
     """Where the next training batch comes from: batch `index` of epoch `epoch`."""
@@ -79,8 +86,7 @@ class ArrayTask:
         return data
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"task.batch_size must be >= 1, got {self.batch_size}")
+        require_at_least(self, batch_size=1)
 
     def num_examples(self, split: str) -> int:
         return len(self.data[split][1])

@@ -15,7 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.tasks.base import SPLITS, Batch, ClassificationLoss, DataPosition, Split, StreamTask
+from train.tasks.base import (
+    SPLITS,
+    Batch,
+    ClassificationLoss,
+    DataPosition,
+    Split,
+    StreamTask,
+    require_at_least,
+)
 from train.tasks.sequences import TokenOutputs
 
 
@@ -144,9 +152,7 @@ class MarkovLanguage(LanguageModelLoss, StreamTask):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, least in [("vocab_size", 2), ("order", 1), ("length", self.order)]:
-            if getattr(self, name) < least:
-                raise ValueError(f"task.{name} must be >= {least}, got {getattr(self, name)}")
+        require_at_least(self, vocab_size=2, order=1, length=self.order)
         if self.concentration <= 0:
             raise ValueError(f"task.concentration must be > 0, got {self.concentration}")
         if self.vocab_size ** (self.order + 1) > 2**24:

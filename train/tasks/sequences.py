@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import losses
-from train.tasks.base import Batch, ClassificationLoss, Split, StreamTask
+from train.tasks.base import Batch, ClassificationLoss, Split, StreamTask, require_at_least
 
 
 class TokenOutputs:
@@ -115,9 +115,7 @@ class Copy(TokenOutputs, ClassificationLoss, StreamTask):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, least in [("num_symbols", 1), ("copy_length", 1), ("delay", 0)]:
-            if getattr(self, name) < least:
-                raise ValueError(f"task.{name} must be >= {least}, got {getattr(self, name)}")
+        require_at_least(self, num_symbols=1, copy_length=1, delay=0)
 
     @property
     def vocab_size(self) -> int:
