@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from arch.layers import Activation, activation_fn
+from arch.recurrent_scan import scan_forward, scan_with_custom_backward
 
 CellName = Literal["elman", "lstm", "gru"]
+Backward = Literal["auto", "custom", "autodiff"]
 State = Any  # a cell's state: h [b, n] (Elman, GRU) or (c, h) (LSTM)
 Weights = dict[str, jax.Array]
 
@@ -87,6 +89,27 @@ class Cell(nn.Module):
     @nn.nowrap
     def step(self, weights: Weights, state: State, x_proj: jax.Array) -> State:
         """One time step, given x_proj = W_x x_t + b [b, g*n]; returns the new state."""
+        return self.update(state, x_proj, self.recurrent_product(weights, state))
+
+    @property
+    def separable(self) -> bool:
+        """The step is `update(state, x_proj, recurrent_product(weights, state))`: the weights
+        act only through two products, whose gradients the RNN layer can take after its reverse
+        loop (arch/recurrent_scan.py)."""
+        return True
+
+    custom_backward_is_faster: ClassVar[bool] = True
+    """What backward="auto" picks for a separable cell, by measurement on a 2-core CPU
+    (experiments/recurrent_speed.py): the custom backward pass or autodiff."""
+
+    @nn.nowrap
+    def recurrent_product(self, weights: Weights, state: State) -> jax.Array:
+        """W_h h_{t-1} [b, g*n] (float32); works on any leading shape of the state."""
+        return matmul(self.output(state), weights["recurrent_kernel"], self.dtype)
+
+    @nn.nowrap
+    def update(self, state: State, x_proj: jax.Array, h_proj: jax.Array) -> State:
+        """The elementwise rest of the step, given x_proj = W_x x_t + b and h_proj = W_h h_{t-1}."""
         raise NotImplementedError
 
 
@@ -99,9 +122,8 @@ class ElmanCell(Cell):
     param_dtype: str = "float32"
 
     @nn.nowrap
-    def step(self, weights: Weights, h: jax.Array, x_proj: jax.Array) -> jax.Array:
-        act = activation_fn(self.activation)
-        return act(x_proj + matmul(h, weights["recurrent_kernel"], self.dtype))  # h_t
+    def update(self, h: jax.Array, x_proj: jax.Array, h_proj: jax.Array) -> jax.Array:
+        return activation_fn(self.activation)(x_proj + h_proj)  # h_t = act(W_x x + W_h h + b)
 
 
 class LSTMCell(Cell):
@@ -129,10 +151,9 @@ class LSTMCell(Cell):
         return state[1]
 
     @nn.nowrap
-    def step(self, weights: Weights, state: State, x_proj: jax.Array) -> State:
-        c, h = state
-        # W [x_t, h_{t-1}] + b for the four gates at once: [b, 4n]
-        pre = x_proj + matmul(h, weights["recurrent_kernel"], self.dtype)
+    def update(self, state: State, x_proj: jax.Array, h_proj: jax.Array) -> State:
+        c, _ = state
+        pre = x_proj + h_proj  # W [x_t, h_{t-1}] + b for the four gates at once: [b, 4n]
         i, f, g, o = jnp.split(pre, 4, axis=-1)
         i = nn.sigmoid(i)  # i_t = sigma(W_i [x_t, h_{t-1}] + b_i)
         f = nn.sigmoid(f)  # f_t = sigma(W_f [x_t, h_{t-1}] + b_f)
@@ -153,6 +174,7 @@ class GRUCell(Cell):
     dtype: str = "float32"
     param_dtype: str = "float32"
     num_gates: ClassVar[int] = 3
+    custom_backward_is_faster: ClassVar[bool] = False  # training 0.88x autodiff's at T = 256
 
     @nn.nowrap
     def extra_weights(self) -> Weights:
@@ -162,32 +184,44 @@ class GRUCell(Cell):
         shape = (self.hidden_size,)
         return {"recurrent_bias": self.param("recurrent_bias", zeros, shape, self.param_dtype)}
 
+    @property
+    def separable(self) -> bool:
+        return self.reset_after  # the paper's form multiplies r_t * h_{t-1} before W_h
+
+    @nn.nowrap
+    def recurrent_product(self, weights: Weights, h: jax.Array) -> jax.Array:
+        """reset_after: W_h h_{t-1} + [0, 0, b_h] [..., 3n] (float32)."""
+        n = self.hidden_size
+        bias = weights["recurrent_bias"].astype(jnp.float32)
+        bias = jnp.concatenate([jnp.zeros((2 * n,), jnp.float32), bias])  # b_h on the n part
+        return matmul(h, weights["recurrent_kernel"], self.dtype) + bias
+
+    @nn.nowrap
+    def update(self, h: jax.Array, x_proj: jax.Array, h_proj: jax.Array) -> jax.Array:
+        """reset_after: the gates from x_proj = W_x x_t + b and h_proj = W_h h_{t-1} + b_h."""
+        x_r, x_z, x_n = jnp.split(x_proj, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(h_proj, 3, axis=-1)
+        r = nn.sigmoid(x_r + h_r)  # r_t = sigma(W_r [x_t, h_{t-1}] + b_r)
+        z = nn.sigmoid(x_z + h_z)  # z_t = sigma(W_z [x_t, h_{t-1}] + b_z)
+        candidate = jnp.tanh(x_n + r * h_n)  # h~_t = tanh(W_x x_t + b + r_t * (W_h h + b_h))
+        return (1 - z) * h + z * candidate  # h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
+
     @nn.nowrap
     def step(self, weights: Weights, h: jax.Array, x_proj: jax.Array) -> jax.Array:
+        if self.reset_after:
+            return super().step(weights, h, x_proj)
         n = self.hidden_size
         w_h = weights["recurrent_kernel"]
         x_r, x_z, x_n = jnp.split(x_proj, 3, axis=-1)
-        if self.reset_after:
-            h_r, h_z, h_n = jnp.split(matmul(h, w_h, self.dtype), 3, axis=-1)
-            r = nn.sigmoid(x_r + h_r)  # r_t = sigma(W_r [x_t, h_{t-1}] + b_r)
-            z = nn.sigmoid(x_z + h_z)  # z_t = sigma(W_z [x_t, h_{t-1}] + b_z)
-            h_n = h_n + weights["recurrent_bias"].astype(jnp.float32)
-            candidate = jnp.tanh(x_n + r * h_n)  # h~_t = tanh(W_x x_t + b + r_t * (W_h h + b_h))
-        else:
-            h_rz = matmul(h, w_h[:, : 2 * n], self.dtype)
-            r = nn.sigmoid(x_r + h_rz[:, :n])  # r_t = sigma(W_r [x_t, h_{t-1}] + b_r)
-            z = nn.sigmoid(x_z + h_rz[:, n:])  # z_t = sigma(W_z [x_t, h_{t-1}] + b_z)
-            # h~_t = tanh(W_x x_t + W_h (r_t * h_{t-1}) + b)
-            candidate = jnp.tanh(x_n + matmul(r * h, w_h[:, 2 * n :], self.dtype))
+        h_rz = matmul(h, w_h[:, : 2 * n], self.dtype)
+        r = nn.sigmoid(x_r + h_rz[:, :n])  # r_t = sigma(W_r [x_t, h_{t-1}] + b_r)
+        z = nn.sigmoid(x_z + h_rz[:, n:])  # z_t = sigma(W_z [x_t, h_{t-1}] + b_z)
+        # h~_t = tanh(W_x x_t + W_h (r_t * h_{t-1}) + b)
+        candidate = jnp.tanh(x_n + matmul(r * h, w_h[:, 2 * n :], self.dtype))
         return (1 - z) * h + z * candidate  # h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
 
 
 CELLS: dict[str, type[Cell]] = {"elman": ElmanCell, "lstm": LSTMCell, "gru": GRUCell}
-
-
-def keep_where(mask: jax.Array, new: State, old: State) -> State:
-    """`new` where mask [b] is 1, `old` where it is 0 (a padded step changes nothing)."""
-    return jax.tree.map(lambda a, b: jnp.where(mask[:, None] > 0, a, b), new, old)
 
 
 class RNN(nn.Module):
@@ -204,6 +238,10 @@ class RNN(nn.Module):
     unroll: int = 2
     """Time steps per loop iteration: 2 measured fastest on a 2-core CPU (GRU training
     1.11-1.19x over 1, inference up to 1.29x; LSTM ties); compile size stays constant."""
+    backward: Backward = "auto"
+    """"custom": weight gradients as large products after the reverse loop, for separable cells
+    (arch/recurrent_scan.py); "autodiff": JAX's transpose of the scan; "auto": the one
+    measured faster for the cell (`Cell.custom_backward_is_faster`). Same numbers."""
 
     def __call__(
         self, inputs: jax.Array, mask: jax.Array | None = None, initial_state: State | None = None
@@ -212,21 +250,21 @@ class RNN(nn.Module):
         weights = self.cell.weights(features)
         state = self.cell.initial_state(batch) if initial_state is None else initial_state
         xs = jnp.swapaxes(inputs, 0, 1)  # [t, b, f]
-        if self.hoist_inputs:
-            # one [t*b, f] x [f, g*n] product instead of t small ones (a plain 2-D dot)
-            xs = self.cell.project_inputs(weights, xs.reshape(time * batch, features))
-            xs = xs.reshape(time, batch, -1)  # [t, b, g*n]
-        masks = jnp.ones((time, batch), jnp.float32) if mask is None else jnp.swapaxes(mask, 0, 1)
-
-        def body(state: State, step_inputs: tuple[jax.Array, jax.Array]):
-            x, m = step_inputs
-            x_proj = x if self.hoist_inputs else self.cell.project_inputs(weights, x)
-            new_state = keep_where(m, self.cell.step(weights, state, x_proj), state)
-            return new_state, self.cell.output(new_state) * m[:, None]
-
-        state, outputs = jax.lax.scan(
-            body, state, (xs, masks), reverse=self.reverse, unroll=self.unroll
-        )
+        masks = jnp.ones((time, batch)) if mask is None else jnp.swapaxes(mask, 0, 1)
+        masks = masks.astype(jnp.float32)  # [t, b]
+        options = {"reverse": self.reverse, "unroll": self.unroll, "hoist": self.hoist_inputs}
+        if self.backward == "custom" and not self.cell.separable:
+            raise ValueError(
+                f"{type(self.cell).__name__} is not separable (step = update(state, W_x x + b, "
+                "W_h h)), so it has no custom backward pass; use backward='autodiff' or 'auto'"
+            )
+        if self.backward == "custom" or (
+            self.backward == "auto" and self.cell.separable and self.cell.custom_backward_is_faster
+        ):
+            run = scan_with_custom_backward(self.cell, **options)
+            outputs, state = run(weights, state, xs, masks)
+        else:
+            state, outputs, _ = scan_forward(self.cell, weights, state, xs, masks, **options)
         return jnp.swapaxes(outputs, 0, 1), state  # [b, t, n]
 
     def step(self, state: State, x: jax.Array) -> tuple[State, jax.Array]:
@@ -259,6 +297,8 @@ class RecurrentModel(nn.Module):
     """Compute the input products of all steps before the scan (False: inside each step).
     Measured slower on a 2-core CPU (inference 0.4-0.7x): experiments/recurrent_speed.py."""
     unroll: int = 2
+    backward: Backward = "auto"
+    """How the RNN layers differentiate the scan ("auto", "custom", "autodiff"): see RNN."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -276,7 +316,14 @@ class RecurrentModel(nn.Module):
 
     @nn.nowrap
     def layer(self, name: str | None = None, reverse: bool = False) -> RNN:
-        return RNN(self.make_cell(), reverse, self.hoist_inputs, self.unroll, name=name)
+        return RNN(
+            self.make_cell(),
+            reverse,
+            self.hoist_inputs,
+            self.unroll,
+            self.backward,
+            name=name,
+        )
 
     def embed(self, inputs: jax.Array) -> jax.Array:
         """Token ids [b, t] -> [b, t, e], or features [b, t, f] as they are."""

@@ -58,7 +58,7 @@ import matplotlib
 import numpy as np
 import tyro
 
-from arch.recurrent import RNN, Cell, GRUCell, LSTMCell
+from arch.recurrent import RNN, Backward, Cell, GRUCell, LSTMCell
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 
 MODES = ("train", "infer")
@@ -125,147 +125,14 @@ def load_torch(wanted: bool) -> tuple[Any, str]:
     return torch, ""
 
 
-def our_layer(cell: Cell, hoist: bool, unroll: int) -> Callable:
-    layer = RNN(cell, hoist_inputs=hoist, unroll=unroll)
+def our_layer(cell: Cell, hoist: bool, unroll: int, backward: Backward = "auto") -> Callable:
+    layer = RNN(cell, hoist_inputs=hoist, unroll=unroll, backward=backward)
     return lambda params, inputs: layer.apply({"params": params}, inputs)[0]
 
 
 def flax_layer(cell: nn.RNNCellBase) -> Callable:
     layer = nn.RNN(cell)
     return lambda params, inputs: layer.apply({"params": params}, inputs)
-
-
-def lstm_custom_vjp(unroll: int) -> Callable:
-    """Prototype: the LSTM with a hand-written backward pass (as cuDNN / oneDNN do it).
-
-    Autodiff of the scan accumulates the weight gradients inside the reverse loop: per step
-    x_t^T dpre_t and h_{t-1}^T dpre_t, [f, b] x [b, 4n] products with K = b = 32 (on XLA:CPU they
-    miss the YNNPACK path) added into [f, 4n] carries. Here the reverse loop keeps only what is
-    sequential, dh_{t-1} = dpre_t W_h^T, emits dpre_t [b, 4n], and the weight and input gradients
-    are three large products over all t*b rows after it. Same function as ours without a mask."""
-
-    def forward_scan(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, xs: jax.Array) -> tuple:
-        def body(state: tuple[jax.Array, jax.Array], x: jax.Array) -> tuple:
-            c, h = state
-            i, f, g, o = jnp.split(x @ w_x + h @ w_h + bias, 4, axis=-1)  # W [x_t, h_{t-1}] + b
-            i, f, g, o = nn.sigmoid(i), nn.sigmoid(f), jnp.tanh(g), nn.sigmoid(o)
-            c = f * c + i * g  # C_t = f_t * C_{t-1} + i_t * C~_t
-            h = o * jnp.tanh(c)  # h_t = o_t * tanh(C_t)
-            return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
-
-        zeros = jnp.zeros((xs.shape[1], w_h.shape[0]), xs.dtype)
-        _, saved = jax.lax.scan(body, (zeros, zeros), xs, unroll=unroll)
-        return saved  # hs, cs [t, b, n]; gates [t, b, 4n]
-
-    @jax.custom_vjp
-    def layer(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, xs: jax.Array) -> jax.Array:
-        return forward_scan(w_x, w_h, bias, xs)[0]
-
-    def layer_forward(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, xs: jax.Array) -> tuple:
-        hs, cs, gates = forward_scan(w_x, w_h, bias, xs)
-        return hs, (w_x, w_h, xs, hs, cs, gates)
-
-    def layer_backward(saved: tuple, dhs: jax.Array) -> tuple:
-        w_x, w_h, xs, hs, cs, gates = saved
-        t, b, n = hs.shape
-        zeros = jnp.zeros((1, b, n), hs.dtype)
-        h_prev, c_prev = (jnp.concatenate([zeros, a[:-1]]) for a in (hs, cs))  # [t, b, n]
-
-        def body(carry: tuple[jax.Array, jax.Array], step: tuple) -> tuple:
-            dh_next, dc_next = carry
-            dh_out, gate, c, c_before = step
-            i, f, g, o = jnp.split(gate, 4, axis=-1)
-            dh = dh_out + dh_next
-            tanh_c = jnp.tanh(c)
-            dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
-            dpre = jnp.concatenate(
-                [dc * g * i * (1 - i), dc * c_before * f * (1 - f), dc * i * (1 - g * g)]
-                + [dh * tanh_c * o * (1 - o)],
-                axis=-1,
-            )  # [b, 4n]
-            return (dpre @ w_h.T, dc * f), dpre
-
-        init = (jnp.zeros((b, n), hs.dtype), jnp.zeros((b, n), hs.dtype))
-        _, dpre = jax.lax.scan(body, init, (dhs, gates, cs, c_prev), reverse=True, unroll=unroll)
-        dpre = dpre.reshape(t * b, 4 * n)  # [t*b, 4n]
-        dw_x = xs.reshape(t * b, -1).T @ dpre  # [f, 4n], K = t*b
-        dw_h = h_prev.reshape(t * b, n).T @ dpre  # [n, 4n]
-        return dw_x, dw_h, dpre.sum(0), (dpre @ w_x.T).reshape(xs.shape)
-
-    layer.defvjp(layer_forward, layer_backward)
-
-    def outputs(params: Any, inputs: jax.Array) -> jax.Array:
-        w = params["cell"]
-        xs = jnp.swapaxes(inputs, 0, 1)  # [t, b, f]
-        hs = layer(w["input_kernel"], w["recurrent_kernel"], w["bias"], xs)
-        return jnp.swapaxes(hs, 0, 1)  # [b, t, n]
-
-    return outputs
-
-
-def gru_custom_vjp(unroll: int) -> Callable:
-    """Prototype: the GRU (reset_after) with a hand-written backward pass, as `lstm_custom_vjp`:
-    the reverse loop keeps dh_{t-1} = (1 - z_t) dh_t + dpre_h W_h^T; the weight, bias and input
-    gradients are large products after it."""
-
-    def forward_scan(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, b_hn: jax.Array, xs):
-        def body(h: jax.Array, x: jax.Array) -> tuple:
-            x_r, x_z, x_n = jnp.split(x @ w_x + bias, 3, axis=-1)
-            h_r, h_z, h_n = jnp.split(h @ w_h, 3, axis=-1)
-            r = nn.sigmoid(x_r + h_r)  # r_t = sigma(W_r [x_t, h_{t-1}] + b_r)
-            z = nn.sigmoid(x_z + h_z)  # z_t = sigma(W_z [x_t, h_{t-1}] + b_z)
-            h_n = h_n + b_hn
-            candidate = jnp.tanh(x_n + r * h_n)  # h~_t = tanh(W_x x_t + b + r_t * (W_h h + b_h))
-            new = (1 - z) * h + z * candidate  # h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
-            return new, (new, jnp.concatenate([r, z, candidate, h_n], axis=-1))
-
-        h0 = jnp.zeros((xs.shape[1], w_h.shape[0]), xs.dtype)
-        _, saved = jax.lax.scan(body, h0, xs, unroll=unroll)
-        return saved  # hs [t, b, n]; r, z, h~, W_h_n h + b_h [t, b, 4n]
-
-    @jax.custom_vjp
-    def layer(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, b_hn: jax.Array, xs: jax.Array):
-        return forward_scan(w_x, w_h, bias, b_hn, xs)[0]
-
-    def layer_forward(w_x: jax.Array, w_h: jax.Array, bias: jax.Array, b_hn: jax.Array, xs):
-        hs, gates = forward_scan(w_x, w_h, bias, b_hn, xs)
-        return hs, (w_x, w_h, xs, hs, gates)
-
-    def layer_backward(saved: tuple, dhs: jax.Array) -> tuple:
-        w_x, w_h, xs, hs, gates = saved
-        t, b, n = hs.shape
-        h_prev = jnp.concatenate([jnp.zeros((1, b, n), hs.dtype), hs[:-1]])  # [t, b, n]
-
-        def body(dh_next: jax.Array, step: tuple) -> tuple:
-            dh_out, gate, h_before = step
-            r, z, candidate, h_n = jnp.split(gate, 4, axis=-1)
-            dh = dh_out + dh_next
-            da_n = dh * z * (1 - candidate * candidate)
-            da_r = da_n * h_n * r * (1 - r)
-            da_z = dh * (candidate - h_before) * z * (1 - z)
-            dpre_h = jnp.concatenate([da_r, da_z, da_n * r], axis=-1)  # [b, 3n]
-            dh_before = dh * (1 - z) + dpre_h @ w_h.T
-            return dh_before, jnp.concatenate([da_r, da_z, da_n, da_n * r], axis=-1)
-
-        steps = (dhs, gates, h_prev)
-        _, d = jax.lax.scan(body, jnp.zeros((b, n), hs.dtype), steps, reverse=True, unroll=unroll)
-        d = d.reshape(t * b, 4 * n)  # [t*b, 4n]: the r, z, x_n, h_n pre-activations
-        dpre_x = d[:, : 3 * n]
-        dpre_h = jnp.concatenate([d[:, : 2 * n], d[:, 3 * n :]], axis=-1)
-        dw_x = xs.reshape(t * b, -1).T @ dpre_x  # [f, 3n], K = t*b
-        dw_h = h_prev.reshape(t * b, n).T @ dpre_h  # [n, 3n]
-        dxs = (dpre_x @ w_x.T).reshape(xs.shape)
-        return dw_x, dw_h, dpre_x.sum(0), d[:, 3 * n :].sum(0), dxs
-
-    layer.defvjp(layer_forward, layer_backward)
-
-    def outputs(params: Any, inputs: jax.Array) -> jax.Array:
-        w = params["cell"]
-        xs = jnp.swapaxes(inputs, 0, 1)  # [t, b, f]
-        weights = (w["input_kernel"], w["recurrent_kernel"], w["bias"], w["recurrent_bias"])
-        return jnp.swapaxes(layer(*weights, xs), 0, 1)  # [b, t, n]
-
-    return outputs
 
 
 def concatenated_lstm(unroll: int) -> Callable:
@@ -402,6 +269,10 @@ def implementations(cell_name: str, config: Config, torch: Any) -> list[Implemen
                 impls.append(
                     Implementation(name, "ours", function, params, our_layer(cell, hoist, unroll))
                 )
+                if cell.separable and not hoist and unroll == 2:  # both backward passes
+                    other = "autodiff" if cell.custom_backward_is_faster else "custom"
+                    layer = our_layer(cell, hoist, unroll, backward=other)
+                    impls.append(Implementation(f"{name} {other}", "ours", function, params, layer))
         return weights
 
     if cell_name == "lstm":
@@ -433,10 +304,6 @@ def implementations(cell_name: str, config: Config, torch: Any) -> list[Implemen
         )
     if config.prototypes:
         params = on_device(weights)
-        for unroll in [u for u in config.unrolls if u <= 2]:  # u4 was never the fastest
-            custom = (lstm_custom_vjp if cell_name == "lstm" else gru_custom_vjp)(unroll)
-            name = f"proto custom-vjp u{unroll}"
-            impls.append(Implementation(name, "proto", cell_name, params, custom))
         impls.append(Implementation("proto concat u1", "proto", cell_name, params, concatenated))
     return impls
 
