@@ -3,8 +3,12 @@
 import flax.linen as nn
 
 from arch.cnn import LeNet, ResNet
+from arch.encoder import MaskedLanguageModel, TransformerClassifier
 from arch.mlp import MLP, Perceptron
 from arch.recurrent import RNNClassifier, RNNLanguageModel, RNNTagger
+from arch.transformer import EncoderDecoderTransformer, TransformerLM
+from arch.vit import ViT
+from arch.word2vec import SkipGram
 
 MODELS: dict[str, type[nn.Module]] = {
     "perceptron": Perceptron,
@@ -14,6 +18,12 @@ MODELS: dict[str, type[nn.Module]] = {
     "rnn": RNNClassifier,
     "rnn_tagger": RNNTagger,
     "rnn_lm": RNNLanguageModel,
+    "transformer": TransformerClassifier,
+    "bert": MaskedLanguageModel,
+    "gpt": TransformerLM,
+    "transformer_seq2seq": EncoderDecoderTransformer,
+    "vit": ViT,
+    "word2vec": SkipGram,
 }
 
 
@@ -24,6 +34,11 @@ def describe(cls: type) -> str:
 
 __all__ = [
     "MLP",
+    "EncoderDecoderTransformer",
+    "MaskedLanguageModel",
+    "TransformerClassifier",
+    "TransformerLM",
+    "ViT",
     "MODELS",
     "LeNet",
     "Perceptron",
@@ -31,5 +46,6 @@ __all__ = [
     "RNNLanguageModel",
     "RNNTagger",
     "ResNet",
+    "SkipGram",
     "describe",
 ]

@@ -1,10 +1,11 @@
-"""Pieces shared by model families: the activation table."""
+"""Pieces shared by model families: activations, positional encodings, the feed-forward block."""
 
 from collections.abc import Callable
 from typing import Literal
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 Activation = Literal["sigmoid", "tanh", "relu", "gelu", "identity"]
 
@@ -29,3 +30,67 @@ def flatten_examples(x: jax.Array) -> jax.Array:
     if x.ndim < 2:
         raise ValueError(f"expected a batch of examples [batch, ...features], got shape {x.shape}")
     return x.reshape(x.shape[0], -1)  # [b, f]
+
+
+Positional = Literal["sinusoidal", "learned", "rotary", "none"]
+
+
+def sinusoidal_encoding(positions: jax.Array, features: int) -> jax.Array:
+    """The encoding of "Attention Is All You Need": positions [..., t] -> [..., t, d] float32,
+    PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d))."""
+    if features % 2:
+        raise ValueError(f"the sinusoidal encoding needs an even width, got {features}")
+    rates = 10000.0 ** (-jnp.arange(0, features, 2, dtype=jnp.float32) / features)  # [d/2]
+    angles = positions.astype(jnp.float32)[..., None] * rates  # [..., t, d/2]
+    pairs = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # [..., t, d/2, 2]
+    return pairs.reshape(*angles.shape[:-1], features)  # sin at 2i, cos at 2i + 1
+
+
+class PositionalEncoding(nn.Module):
+    """Adds position information to embeddings x [b, t, d]: the sinusoidal encoding, a learned
+    table of `max_len` rows, or nothing ("rotary" rotates queries and keys inside attention
+    instead; "none" leaves a model blind to order)."""
+
+    kind: Positional
+    max_len: int
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """x [b, t, d], positions [b or 1, t] -> [b, t, d]."""
+        if x.shape[1] > self.max_len:
+            raise ValueError(f"sequence of {x.shape[1]} positions exceeds max_len {self.max_len}")
+        if self.kind == "sinusoidal":
+            return x + sinusoidal_encoding(positions, x.shape[-1]).astype(x.dtype)
+        if self.kind == "learned":
+            table = nn.Embed(
+                self.max_len,
+                x.shape[-1],
+                embedding_init=nn.initializers.normal(0.02),
+                param_dtype=self.param_dtype,
+                name="table",
+            )
+            return x + table(positions).astype(x.dtype)
+        if self.kind in ("rotary", "none"):
+            return x
+        raise ValueError(f"unknown positional encoding {self.kind!r}")
+
+
+class FeedForward(nn.Module):
+    """The position-wise feed-forward block: Linear(d -> hidden) - activation - Linear(-> d)."""
+
+    hidden_size: int
+    features: int
+    activation: Activation = "gelu"
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        dense = lambda size, name: nn.Dense(
+            size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
+        hidden = activation_fn(self.activation)(dense(self.hidden_size, "hidden")(x))  # [b, t, f]
+        hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
+        return dense(self.features, "output")(hidden)  # [b, t, d]

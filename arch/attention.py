@@ -1,0 +1,263 @@
+"""Attention: scaled dot-product kernels, multi-head attention, additive and Luong attention.
+
+Legend: b batch, q query positions, k key positions, h heads, e head width (d / h), d model
+width, s source positions (seq2seq).
+
+One function, `dot_product_attention`, computes softmax(q k^T / sqrt(e) + masks) v with
+interchangeable kernels that must give the same numbers (tests/test_attention.py):
+- "einsum": the reference, two einsums and a float32 softmax (stores the [b, h, q, k] scores);
+- "xla": `jax.nn.dot_product_attention`, which picks cuDNN's flash attention on a GPU when the
+  dtype and shapes allow and XLA's own fusion elsewhere;
+- "blockwise": ours in pure JAX (arch/blockwise_attention.py): online softmax over blocks of
+  keys and a backward pass that recomputes the scores, so memory grows as q + k, not q * k.
+Masks are a key padding mask [b, k] (True: attend) and / or the causal mask (query i sees keys
+j <= i). Masked scores are set to the most negative float32 before the softmax, so a query
+whose keys are all masked averages every value (padded queries carry no loss anyway).
+"""
+
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Kernel = Literal["einsum", "xla", "blockwise"]
+KERNELS = ("einsum", "xla", "blockwise")
+MASKED = float(jnp.finfo(jnp.float32).min)
+
+
+def attention_mask(
+    batch: int, queries: int, keys: int, key_mask: jax.Array | None, causal: bool
+) -> jax.Array | None:
+    """The boolean mask [b or 1, 1, q, k] (True: attend) of a padding mask and / or causality."""
+    mask = None
+    if key_mask is not None:
+        if key_mask.shape != (batch, keys):
+            raise ValueError(
+                f"key_mask must be [batch, keys] = {(batch, keys)}, got {key_mask.shape}"
+            )
+        mask = key_mask.astype(bool)[:, None, None, :]  # [b, 1, 1, k]
+    if causal:
+        if queries != keys:
+            raise ValueError(
+                f"causal attention needs as many queries as keys, got {queries}, {keys}"
+            )
+        lower = jnp.tril(jnp.ones((queries, keys), bool))[None, None]  # [1, 1, q, k]: j <= i
+        mask = lower if mask is None else mask & lower
+    return mask
+
+
+def einsum_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None, scale: float
+) -> jax.Array:
+    """The reference kernel: [b, q, h, e] x [b, k, h, e] x [b, k, h, e] -> [b, q, h, e]."""
+    scores = jnp.einsum("bqhe,bkhe->bhqk", query, key, preferred_element_type=jnp.float32)
+    scores = scores * scale  # q k^T / sqrt(e), [b, h, q, k] in float32
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASKED)
+    weights = jax.nn.softmax(scores, axis=-1)  # softmax over keys, in float32
+    return jnp.einsum("bhqk,bkhe->bqhe", weights.astype(value.dtype), value)
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    key_mask: jax.Array | None = None,
+    causal: bool = False,
+    kernel: Kernel = "einsum",
+    scale: float | None = None,
+    block_size: int = 512,
+) -> jax.Array:
+    """softmax(q k^T * scale + masks) v: query [b, q, h, e], key / value [b, k, h, e] ->
+    [b, q, h, e] in the query's dtype. scale defaults to 1 / sqrt(e); block_size is the
+    blockwise kernel's number of keys (and queries) per block."""
+    batch, queries, heads, width = query.shape
+    if key.shape[0] != batch or key.shape[2:] != (heads, width) or key.shape != value.shape:
+        raise ValueError(
+            f"query [b, q, h, e] {query.shape} needs key and value [b, k, h, e] of the same "
+            f"b, h, e; got {key.shape}, {value.shape}"
+        )
+    scale = width**-0.5 if scale is None else scale
+    if kernel == "blockwise":
+        from arch.blockwise_attention import blockwise_attention  # noqa: PLC0415 (being written)
+
+        return blockwise_attention(
+            query, key, value, key_mask=key_mask, causal=causal, scale=scale, block_size=block_size
+        )
+    mask = attention_mask(batch, queries, key.shape[1], key_mask, causal)
+    if kernel == "einsum":
+        return einsum_attention(query, key, value, mask, scale).astype(query.dtype)
+    if kernel == "xla":
+        return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale)
+    raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {KERNELS}")
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+    """RoPE (Su et al. 2021): rotate each pair (x_2i, x_2i+1) of x [b, t, h, e] by the angle
+    p * base^(-2i/e) of its position p [b or 1, t]; q_m . k_n then depends on m - n only."""
+    width = x.shape[-1]
+    if width % 2:
+        raise ValueError(f"rotary embeddings need an even head width, got {width}")
+    frequencies = base ** (-jnp.arange(0, width, 2, dtype=jnp.float32) / width)  # [e/2]
+    angles = positions.astype(jnp.float32)[..., None, None] * frequencies  # [b, t, 1, e/2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], width // 2, 2)  # [b, t, h, e/2, 2]
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+    return rotated.reshape(x.shape).astype(x.dtype)  # [b, t, h, e]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (Vaswani et al. 2017) for self, causal and cross attention, with a
+    key / value cache for decoding. Parameters are named and shaped as Flax's
+    `MultiHeadDotProductAttention` (query / key / value kernels [d, h, e], out [h, e, d])."""
+
+    features: int
+    """d: the width of the inputs and of the output."""
+    num_heads: int
+    head_dim: int | None = None
+    """e; None: features // num_heads."""
+    kernel: Kernel = "einsum"
+    rotary: bool = False
+    """Rotary position embeddings on queries and keys (needs positions)."""
+    use_bias: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @property
+    def width(self) -> int:
+        if self.head_dim is None and self.features % self.num_heads:
+            raise ValueError(
+                f"features {self.features} is not divisible by num_heads {self.num_heads}; "
+                "set head_dim"
+            )
+        return self.head_dim or self.features // self.num_heads
+
+    def setup(self) -> None:
+        projection = lambda name: nn.DenseGeneral(
+            (self.num_heads, self.width),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+        self.query, self.key, self.value = (projection(n) for n in ("query", "key", "value"))
+        self.out = nn.DenseGeneral(
+            self.features,
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    def project(
+        self, inputs_q: jax.Array, inputs_kv: jax.Array, positions_q, positions_kv
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries [b, q, h, e], keys and values [b, k, h, e] (rotated when `rotary`)."""
+        query, key, value = self.query(inputs_q), self.key(inputs_kv), self.value(inputs_kv)
+        if self.rotary:
+            if positions_q is None or positions_kv is None:
+                raise ValueError("rotary attention needs the positions of queries and keys")
+            query = rotary_embedding(query, positions_q)
+            key = rotary_embedding(key, positions_kv)
+        return query, key, value
+
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array | None = None,
+        *,
+        key_mask: jax.Array | None = None,
+        causal: bool = False,
+        positions_q: jax.Array | None = None,
+        positions_kv: jax.Array | None = None,
+    ) -> jax.Array:
+        """inputs_q [b, q, d]; inputs_kv [b, k, d] (None: self-attention) -> [b, q, d]."""
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        if positions_kv is None and inputs_kv is inputs_q:
+            positions_kv = positions_q
+        query, key, value = self.project(inputs_q, inputs_kv, positions_q, positions_kv)
+        attended = dot_product_attention(
+            query, key, value, key_mask=key_mask, causal=causal, kernel=self.kernel
+        )
+        return self.out(attended)  # [b, q, d]
+
+    @nn.nowrap
+    def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
+        """Room for the keys and values [b, max_len, h, e] of every position to come."""
+        shape = (batch, max_len, self.num_heads, self.width)
+        return {"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+
+    def decode_step(
+        self, cache: dict[str, jax.Array], inputs: jax.Array, index: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Causal self-attention of one new position `index` (a scalar): inputs [b, 1, d] ->
+        ([b, 1, d], cache with this position's key and value written in)."""
+        positions = jnp.full((1, 1), index)
+        query, key, value = self.project(inputs, inputs, positions, positions)
+        start = (0, index, 0, 0)
+        keys = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
+        values = jax.lax.dynamic_update_slice(
+            cache["value"], value.astype(cache["value"].dtype), start
+        )
+        batch, max_len = keys.shape[:2]
+        seen = jnp.broadcast_to(jnp.arange(max_len) <= index, (batch, max_len))  # [b, max_len]
+        attended = dot_product_attention(query, keys, values, key_mask=seen, kernel="einsum")
+        return self.out(attended), {"key": keys, "value": values}
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau attention: score(s, h_j) = v^T tanh(W_s s + W_h h_j); context = sum_j a_j h_j."""
+
+    hidden_size: int
+    """Width of the tanh layer."""
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(
+        self, query: jax.Array, memory: jax.Array, memory_mask: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """query [b, d_q], memory [b, s, d_m], mask [b, s] -> (context [b, d_m], weights [b, s])."""
+        dense = lambda name, use_bias=False, features=self.hidden_size: nn.Dense(
+            features, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
+        projected = dense("query")(query)[:, None, :] + dense("memory", True)(memory)  # [b, s, a]
+        scores = dense("score", features=1)(jnp.tanh(projected))[..., 0]  # v^T tanh(...): [b, s]
+        return attend(scores.astype(jnp.float32), memory, memory_mask)
+
+
+class LuongAttention(nn.Module):
+    """Luong attention: score(s, h_j) = s^T h_j ("dot") or s^T W h_j ("general")."""
+
+    score: Literal["dot", "general"] = "general"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(
+        self, query: jax.Array, memory: jax.Array, memory_mask: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """query [b, d], memory [b, s, d_m], mask [b, s] -> (context [b, d_m], weights [b, s])."""
+        if self.score == "general":
+            query = nn.Dense(
+                memory.shape[-1], use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype
+            )(query)  # W^T s, so that s^T W h_j = (W^T s) . h_j
+        elif query.shape[-1] != memory.shape[-1]:
+            raise ValueError(f"dot scores need equal widths, got {query.shape}, {memory.shape}")
+        scores = jnp.einsum("bd,bsd->bs", query, memory, preferred_element_type=jnp.float32)
+        return attend(scores, memory, memory_mask)
+
+
+def attend(
+    scores: jax.Array, memory: jax.Array, memory_mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """softmax over source positions of scores [b, s] (masked ones get zero weight) ->
+    (context sum_j a_j m_j [b, d_m], weights a [b, s])."""
+    if memory_mask is not None:
+        scores = jnp.where(memory_mask.astype(bool), scores, MASKED)
+    weights = jax.nn.softmax(scores, axis=-1)  # [b, s], float32
+    context = jnp.einsum("bs,bsd->bd", weights.astype(memory.dtype), memory)
+    return context, weights
