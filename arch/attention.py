@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.layers import RowDense
+
 Kernel = Literal["einsum", "xla", "blockwise"]
 KERNELS = ("einsum", "xla", "blockwise")
 MASKED = float(jnp.finfo(jnp.float32).min)
@@ -136,7 +138,7 @@ class MultiHeadAttention(nn.Module):
         return self.head_dim or self.features // self.num_heads
 
     def setup(self) -> None:
-        projection = lambda name: nn.DenseGeneral(
+        projection = lambda name: RowDense(
             (self.num_heads, self.width),
             use_bias=self.use_bias,
             dtype=self.dtype,
@@ -144,9 +146,9 @@ class MultiHeadAttention(nn.Module):
             name=name,
         )
         self.query, self.key, self.value = (projection(n) for n in ("query", "key", "value"))
-        self.out = nn.DenseGeneral(
+        self.out = RowDense(
             self.features,
-            axis=(-2, -1),
+            in_axes=2,
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

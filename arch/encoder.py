@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import PositionalEncoding
-from arch.transformer import TransformerModel, positions_of
+from arch.layers import PositionalEncoding, RowDense
+from arch.transformer import TransformerModel, positions_of, tied_logits
 
 
 class TransformerEncoderModel(TransformerModel):
@@ -32,7 +32,7 @@ class TransformerEncoderModel(TransformerModel):
                 f"{type(self).__name__} expects token ids [batch, time] or features "
                 f"[batch, time, features], got shape {tuple(inputs.shape)}"
             )
-        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(
+        return RowDense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(
             inputs
         )
 
@@ -101,8 +101,12 @@ class MaskedLanguageModel(TransformerEncoderModel):
             raise ValueError(f"num_outputs {self.num_outputs} > vocab_size {self.vocab_size}")
         embedding = self.make_embedding(self.vocab_size, name="embedding")
         x = self.encode(embedding(inputs), mask, train)
-        x = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)(nn.gelu(x))
+        x = RowDense(
+            self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="transform"
+        )(x)
+        x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="transform_norm")(
+            nn.gelu(x)
+        )
         bias = self.param("output_bias", nn.initializers.zeros_init(), (self.vocab_size,))
-        logits = embedding.attend(x) + bias  # tied to the input embedding: [b, t, v]
+        logits = tied_logits(embedding, x) + bias  # tied to the input embedding: [b, t, v]
         return logits[..., : self.num_outputs]

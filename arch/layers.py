@@ -1,7 +1,8 @@
 """Pieces shared by model families: activations, positional encodings, the feed-forward block."""
 
+import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -76,6 +77,38 @@ class PositionalEncoding(nn.Module):
         raise ValueError(f"unknown positional encoding {self.kind!r}")
 
 
+class RowDense(nn.Module):
+    """A dense layer over the trailing `in_axes` axes of x [..., *in] -> [..., *features],
+    computed as ONE 2-D product rows [N, prod(in)] x [prod(in), prod(features)] whatever the
+    leading axes: on XLA:CPU the weight gradient of a [b, t, d] dot_general contracts two axes
+    and misses the fast matmul path (a feed-forward block's step measured 2.2x slower).
+    Parameters are named, shaped and initialised as nn.Dense / nn.DenseGeneral's."""
+
+    features: int | tuple[int, ...]
+    in_axes: int = 1
+    use_bias: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out_shape = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        in_shape = x.shape[x.ndim - self.in_axes :]
+        fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
+
+        def kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+            flat = nn.initializers.lecun_normal()(key, (fan_in, fan_out), dtype)  # fan-in: prod(in)
+            return flat.reshape(shape)
+
+        kernel = self.param("kernel", kernel_init, (*in_shape, *out_shape), self.param_dtype)
+        rows = x.reshape(-1, fan_in).astype(self.dtype)  # [N, prod(in)]
+        y = jnp.dot(rows, kernel.reshape(fan_in, fan_out).astype(self.dtype))  # [N, prod(out)]
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros_init(), out_shape, self.param_dtype)
+            y = y + bias.reshape(fan_out).astype(self.dtype)
+        return y.reshape(*x.shape[: x.ndim - self.in_axes], *out_shape)
+
+
 class FeedForward(nn.Module):
     """The position-wise feed-forward block: Linear(d -> hidden) - activation - Linear(-> d)."""
 
@@ -88,7 +121,7 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        dense = lambda size, name: nn.Dense(
+        dense = lambda size, name: RowDense(
             size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
         hidden = activation_fn(self.activation)(dense(self.hidden_size, "hidden")(x))  # [b, t, f]

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.attention import Kernel, MultiHeadAttention
-from arch.layers import Activation, FeedForward, Positional, PositionalEncoding
+from arch.layers import Activation, FeedForward, Positional, PositionalEncoding, RowDense
 
 Norm = Literal["pre", "post"]
 Cache = dict[str, Any]
@@ -203,6 +203,12 @@ class TransformerModel(nn.Module):
             name=name,
         )
 
+    def logits(self, x: jax.Array) -> jax.Array:
+        """The output layer of the setup-based models: tied to `embedding`, or `output_layer`."""
+        if self.tie_embeddings:
+            return tied_logits(self.embedding, x.astype(self.dtype))  # x E^T: [b, t, v]
+        return self.output_layer(x)
+
     @nn.nowrap
     def head_cache(self, batch: int, max_len: int) -> list[Cache]:
         """Empty key / value caches [b, max_len, h, e] of every decoder layer."""
@@ -211,6 +217,12 @@ class TransformerModel(nn.Module):
         shape = (batch, max_len, self.num_heads, self.features // self.num_heads)
         zeros = lambda: jnp.zeros(shape, self.dtype)
         return [{"key": zeros(), "value": zeros()} for _ in range(self.num_layers)]
+
+
+def tied_logits(embedding: nn.Embed, x: jax.Array) -> jax.Array:
+    """x [..., d] -> x E^T [..., v], one 2-D product over all rows (see RowDense)."""
+    rows = x.reshape(-1, x.shape[-1])  # [N, d]
+    return embedding.attend(rows).reshape(*x.shape[:-1], embedding.num_embeddings)
 
 
 def positions_of(length: int) -> jax.Array:
@@ -238,14 +250,9 @@ class TransformerLM(TransformerModel):
         self.decoder = self.make_stack()
         self.dropout = nn.Dropout(self.dropout_rate)
         if not self.tie_embeddings:
-            self.output_layer = nn.Dense(
+            self.output_layer = RowDense(
                 self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype
             )
-
-    def logits(self, x: jax.Array) -> jax.Array:
-        if self.tie_embeddings:
-            return self.embedding.attend(x.astype(self.dtype))  # x E^T: [..., v]
-        return self.output_layer(x)
 
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         """Token ids [b, t] -> next-token logits [b, t, v]."""
@@ -294,7 +301,7 @@ class EncoderDecoderTransformer(TransformerModel):
         self.decoder = self.make_stack(cross_attention=True)
         self.dropout = nn.Dropout(self.dropout_rate)
         if not self.tie_embeddings:
-            self.output_layer = nn.Dense(
+            self.output_layer = RowDense(
                 self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype
             )
 
@@ -327,11 +334,6 @@ class EncoderDecoderTransformer(TransformerModel):
             train=train,
         )
         return self.logits(x)
-
-    def logits(self, x: jax.Array) -> jax.Array:
-        if self.tie_embeddings:
-            return self.embedding.attend(x.astype(self.dtype))
-        return self.output_layer(x)
 
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
         source_mask = inputs.get("source_mask")

@@ -1,0 +1,135 @@
+"""Measuring: compile time, step time side by side, FLOPs from XLA's cost analysis, memory,
+and the device's matmul peak to express FLOP/s as a utilisation.
+
+Times on a shared machine are noisy: compare implementations timed round-robin in one process
+(`time_round_robin`), report medians with their spread, and prefer ratios to absolute times.
+"""
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median and the spread of the timed samples."""
+
+    median: float
+    min: float
+    max: float
+    samples: tuple[float, ...]
+    calls_per_sample: int
+
+    def rate(self, amount: float) -> dict[str, float]:
+        """`amount` per second (e.g. tokens / s): median, and min / max from the spread."""
+        return {"median": amount / self.median, "min": amount / self.max, "max": amount / self.min}
+
+
+def time_round_robin(
+    calls: dict[str, Callable[[], Any]], repeats: int = 5, min_sample_seconds: float = 0.2
+) -> dict[str, Timing]:
+    """Time each call (which must block until its result is ready) in turns: one warm-up, then
+    `repeats` passes, each starting at a different call; a sample repeats a call for at least
+    `min_sample_seconds` so that short calls are not dominated by timer noise."""
+    per_sample = {}
+    for name, call in calls.items():
+        start = time.perf_counter()
+        call()
+        warm = time.perf_counter() - start
+        per_sample[name] = max(1, math.ceil(min_sample_seconds / max(warm, 1e-9)))
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat * len(names) // repeats
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            for _ in range(per_sample[name]):
+                calls[name]()
+            samples[name].append((time.perf_counter() - start) / per_sample[name])
+    return {
+        name: Timing(
+            statistics.median(s), min(s), max(s), tuple(s), calls_per_sample=per_sample[name]
+        )
+        for name, s in samples.items()
+    }
+
+
+def compile_timed(function: Callable, *args: Any, **jit_options: Any) -> tuple[Any, float]:
+    """(the compiled executable of jit(function) for these arguments, compile seconds)."""
+    start = time.perf_counter()
+    jitted = function if hasattr(function, "lower") else jax.jit(function, **jit_options)
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def cost(compiled: Any) -> dict[str, float]:
+    """XLA's own count for one call of a compiled executable: flops and bytes accessed."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older JAX: one dict per program
+        analysis = analysis[0]
+    analysis = analysis or {}
+    return {
+        "flops": float(analysis.get("flops", float("nan"))),
+        "bytes_accessed": float(analysis.get("bytes accessed", float("nan"))),
+    }
+
+
+def memory(compiled: Any) -> dict[str, int]:
+    """Bytes the compiled executable needs: arguments, outputs, temporaries, and their sum
+    (aliased, donated buffers counted once)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {}
+    sizes = {
+        "argument": analysis.argument_size_in_bytes,
+        "output": analysis.output_size_in_bytes,
+        "temp": analysis.temp_size_in_bytes,
+        "alias": analysis.alias_size_in_bytes,
+    }
+    sizes["peak_estimate"] = sizes["argument"] + sizes["output"] + sizes["temp"] - sizes["alias"]
+    return sizes
+
+
+def matmul_peak(
+    size: int = 2048, dtype: str = "float32", repeats: int = 5, device: Any = None
+) -> dict[str, float]:
+    """The measured FLOP/s of a square [size, size] x [size, size] product (2 size^3 FLOPs), the
+    practical peak that utilisation figures are a fraction of."""
+    device = device or jax.devices()[0]
+    rng = np.random.default_rng(0)
+    a, b = (
+        jax.device_put(jnp.asarray(rng.standard_normal((size, size)), dtype), device)
+        for _ in range(2)
+    )
+    product, _ = compile_timed(jnp.matmul, a, b)
+    timing = time_round_robin({"matmul": lambda: product(a, b).block_until_ready()}, repeats)
+    flops = 2.0 * size**3
+    return {"size": size, "dtype": dtype, **timing["matmul"].rate(flops)}
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_description() -> str:
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"cpu: {cpu_name()}, {os.cpu_count()} cores"
+    return f"{device.platform}: {device.device_kind}"
