@@ -18,7 +18,6 @@ Result: not yet measured on a quiet machine (see the issue note).
 """
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -142,17 +141,6 @@ def torch_step(torch: Any, config: Config, batch: dict) -> tuple[Any, dict]:
     return call, {"parameters": sum(p.numel() for p in model.parameters())}
 
 
-def load_torch(wanted: bool) -> Any:
-    if not wanted:
-        return None
-    try:
-        import torch  # noqa: PLC0415 (optional extra)
-    except ImportError:
-        return None
-    torch.set_num_threads(os.cpu_count() or 1)  # as many threads as XLA:CPU uses
-    return torch
-
-
 def main(argv: list[str] | None = None) -> dict:
     config = tyro.cli(Config, args=argv)
     if config.smoke:
@@ -173,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     for kernel in config.kernels:
         name = f"ours ({kernel})"
         calls[name], _, facts[name] = jax_step(config, kernel, batch)
-    torch = load_torch(config.torch)
+    torch, _ = bench.load_torch(config.torch)
     if torch is not None:
         calls["torch eager"], facts["torch eager"] = torch_step(torch, config, batch)
     size = 256 if config.smoke else 2048

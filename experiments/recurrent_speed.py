@@ -43,7 +43,6 @@ PyTorch's OpenMP threads stall (1-5k tokens/s): compare ratios from a quiet run.
 import dataclasses
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -59,6 +58,7 @@ import numpy as np
 import tyro
 
 from arch.recurrent import RNN, Backward, Cell, GRUCell, LSTMCell
+from train import bench
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 
 MODES = ("train", "infer")
@@ -102,27 +102,6 @@ class Implementation:
     params: Any
     """JAX: the parameter tree; PyTorch: the nn.Module."""
     outputs: Callable[[Any, Any], Any]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
-def load_torch(wanted: bool) -> tuple[Any, str]:
-    """(the torch module or None, why not)."""
-    if not wanted:
-        return None, "turned off (--no-torch)"
-    try:
-        import torch
-    except ImportError as error:
-        return None, f"not installed ({error}); pip install -e '.[bench]' to compare"
-    torch.set_num_threads(os.cpu_count() or 2)
-    return torch, ""
 
 
 def our_layer(cell: Cell, hoist: bool, unroll: int, backward: Backward = "auto") -> Callable:
@@ -575,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     started = time.perf_counter()
     out = experiment_dir("recurrent_speed", config.run_dir)
-    torch, torch_missing = load_torch(config.torch)
+    torch, torch_missing = bench.load_torch(config.torch)
     if torch is None:
         print(f"PyTorch: {torch_missing}; comparing JAX implementations only")
     rows, differences = [], {}
@@ -600,7 +579,7 @@ def main(argv: list[str] | None = None) -> dict:
         "holds": all(r["ours_vs_flax"] >= TIE for r in ratios),
         "command": "python -m experiments.recurrent_speed",
         "config": dataclasses.asdict(config),
-        "device": f"{jax.devices()[0].platform}: {cpu_name()}, {os.cpu_count()} cores",
+        "device": bench.device_description(),
         "max_load_average": busiest,
         "versions": {
             "jax": jax.__version__,

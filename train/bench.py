@@ -133,3 +133,16 @@ def device_description() -> str:
     if device.platform == "cpu":
         return f"cpu: {cpu_name()}, {os.cpu_count()} cores"
     return f"{device.platform}: {device.device_kind}"
+
+
+def load_torch(wanted: bool) -> tuple[Any, str]:
+    """(the torch module or None, why not): PyTorch is an optional extra for comparisons,
+    set to as many threads as cores (as XLA:CPU uses)."""
+    if not wanted:
+        return None, "turned off (--no-torch)"
+    try:
+        import torch  # noqa: PLC0415 (optional)
+    except ImportError as error:
+        return None, f"not installed ({error}); pip install -e '.[bench]' to compare"
+    torch.set_num_threads(os.cpu_count() or 2)
+    return torch, ""
