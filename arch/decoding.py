@@ -9,6 +9,7 @@ Legend: b batch, p prompt length, s new tokens, v vocabulary.
 """
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,10 +39,13 @@ def generate(
     key: jax.Array | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
+    cache: Any = None,
 ) -> jax.Array:
     """Continue `prompt` [b, p] (p >= 1) by `num_tokens` tokens; returns [b, p + num_tokens].
 
     temperature 0 is greedy decoding (no key needed); otherwise `key` seeds the sampling.
+    `cache`: a decoding state made by the caller, e.g. an encoder-decoder's
+    `init_cache(b, p + num_tokens, memory, source_mask)`; None: `model.init_cache(b, p + s)`.
     """
     if temperature < 0 or (top_k is not None and top_k < 1):
         raise ValueError(f"need temperature >= 0 and top_k >= 1, got {temperature}, {top_k}")
@@ -50,7 +54,7 @@ def generate(
     key = jax.random.key(0) if key is None else key
     batch, prompt_len = prompt.shape
     step = functools.partial(model.apply, variables, method=model.decode_step)
-    cache = model.init_cache(batch, prompt_len + num_tokens)
+    cache = model.init_cache(batch, prompt_len + num_tokens) if cache is None else cache
 
     def prefill(cache, tokens):  # tokens [b]
         logits, cache = step(cache, tokens)
