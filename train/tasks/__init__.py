@@ -1,6 +1,7 @@
 """The task registry: name -> task class. A task's dataclass fields are its configuration."""
 
 from train.tasks.base import ArrayTask, DataPosition, StreamTask, describe_task
+from train.tasks.corpus import PlantedCorpus
 from train.tasks.images import Digits, DigitsPixels, DigitsRows, Mnist
 from train.tasks.language import MarkovLanguage, TextFile
 from train.tasks.points import Blobs, Circles, Xor
@@ -21,6 +22,7 @@ TASKS: dict[str, type] = {
     "random_walk": RandomWalk,
     "markov": MarkovLanguage,
     "text": TextFile,
+    "planted_corpus": PlantedCorpus,
 }
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "DigitsRows",
     "MarkovLanguage",
     "Mnist",
+    "PlantedCorpus",
     "RandomWalk",
     "Sines",
     "StreamTask",
