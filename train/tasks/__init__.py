@@ -4,6 +4,8 @@ from train.tasks.base import ArrayTask, DataPosition, StreamTask, describe_task
 from train.tasks.corpus import PlantedCorpus
 from train.tasks.images import Digits, DigitsPixels, DigitsRows, Mnist
 from train.tasks.language import MarkovLanguage, TextFile
+from train.tasks.masked import MaskedMarkovLanguage, MaskedTextFile
+from train.tasks.order import Reverse, Sorted
 from train.tasks.points import Blobs, Circles, Xor
 from train.tasks.sequences import Adding, Copy
 from train.tasks.series import RandomWalk, Sines
@@ -18,11 +20,15 @@ TASKS: dict[str, type] = {
     "mnist": Mnist,
     "adding": Adding,
     "copy": Copy,
+    "reverse": Reverse,
+    "sorted": Sorted,
     "sines": Sines,
     "random_walk": RandomWalk,
     "markov": MarkovLanguage,
     "text": TextFile,
     "planted_corpus": PlantedCorpus,
+    "markov_mlm": MaskedMarkovLanguage,
+    "text_mlm": MaskedTextFile,
 }
 
 __all__ = [
@@ -37,10 +43,14 @@ __all__ = [
     "DigitsPixels",
     "DigitsRows",
     "MarkovLanguage",
+    "MaskedMarkovLanguage",
+    "MaskedTextFile",
     "Mnist",
     "PlantedCorpus",
     "RandomWalk",
+    "Reverse",
     "Sines",
+    "Sorted",
     "StreamTask",
     "TextFile",
     "Xor",

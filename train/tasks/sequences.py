@@ -44,6 +44,18 @@ def sequence_accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> 
     return losses.masked_mean(jnp.all(right, axis=-1), jnp.max(mask, axis=-1))
 
 
+class TokenClassificationLoss(ClassificationLoss):
+    """Softmax cross-entropy at every masked step; logits [b, t, v], labels [b, t].
+
+    Metrics "accuracy" (per step) and "sequence_accuracy" (sequences without an error).
+    """
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        loss, metrics = super().loss(outputs, batch)
+        whole = sequence_accuracy(outputs, batch["targets"], batch["mask"])
+        return loss, {**metrics, "sequence_accuracy": whole}
+
+
 @dataclasses.dataclass(frozen=True)
 class Adding(StreamTask):
     """Adding problem: sum the two marked numbers of a long sequence; predicting 1.0 scores 1/6.
@@ -88,7 +100,7 @@ class Adding(StreamTask):
 
 
 @dataclasses.dataclass(frozen=True)
-class Copy(TokenOutputs, ClassificationLoss, StreamTask):
+class Copy(TokenOutputs, TokenClassificationLoss, StreamTask):
     """Copy task: recall a string of symbols after a delay; guessing costs log(num_symbols) nats.
 
     Tokens (vocabulary v = num_symbols + 2): 0 blank, 1..num_symbols symbols, num_symbols + 1
@@ -140,8 +152,3 @@ class Copy(TokenOutputs, ClassificationLoss, StreamTask):
         mask = np.zeros((n, self.sequence_length), np.float32)  # [n, T]
         mask[:, go + 1 :] = 1.0
         return inputs, targets, mask
-
-    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        loss, metrics = super().loss(outputs, batch)
-        whole = sequence_accuracy(outputs, batch["targets"], batch["mask"])
-        return loss, {**metrics, "sequence_accuracy": whole}
