@@ -70,7 +70,9 @@ class TransformerClassifier(TransformerEncoderModel):
     def classify(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
         """Embeddings x [b, t, d] -> pooled encoding -> logits [b, num_outputs]."""
         if self.pool == "cls":
-            cls = self.param("cls", nn.initializers.normal(0.02), (1, self.features))
+            cls = self.param(
+                "cls", nn.initializers.normal(0.02), (1, self.features), self.param_dtype
+            )
             pooled = self.encode(x, mask, train, prefix=cls.astype(x.dtype))[:, 0]  # [b, d]
         elif self.pool == "mean":
             encoded = self.encode(x, mask, train)
@@ -107,6 +109,8 @@ class MaskedLanguageModel(TransformerEncoderModel):
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="transform_norm")(
             nn.gelu(x)
         )
-        bias = self.param("output_bias", nn.initializers.zeros_init(), (self.vocab_size,))
+        bias = self.param(
+            "output_bias", nn.initializers.zeros_init(), (self.vocab_size,), self.param_dtype
+        )
         logits = tied_logits(embedding, x) + bias  # tied to the input embedding: [b, t, v]
         return logits[..., : self.num_outputs]

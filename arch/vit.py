@@ -36,5 +36,6 @@ class ViT(TransformerClassifier):
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         """images [b, y, x, c] -> logits [b, num_outputs]."""
-        patches = patchify(inputs, self.patch_size)  # [b, n, p*p*c]
+        # pixels are intensities, never token ids, whatever their dtype (e.g. uint8)
+        patches = patchify(inputs, self.patch_size).astype(self.dtype)  # [b, n, p*p*c]
         return self.classify(self.embed(patches, name="patch_embedding"), None, train)

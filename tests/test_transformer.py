@@ -1,0 +1,568 @@
+"""Transformer models: cached decoding against the full pass, causality and padding proved on
+outputs and gradients, pre- and post-norm blocks by hand, dropout, tied embeddings, pinned
+parameter counts, the Vision Transformer, clear errors, a decoding program of fixed size.
+
+Legend: b batch, t time (tokens), s source positions, d model width, h heads, e head width,
+f feed-forward width, v vocabulary, p prompt length / patch size, n new tokens.
+"""
+
+import functools
+import re
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_inputs, random_variables
+from flax.traverse_util import flatten_dict
+
+from arch import (
+    MODELS,
+    EncoderDecoderTransformer,
+    MaskedLanguageModel,
+    TransformerClassifier,
+    TransformerLM,
+    ViT,
+)
+from arch.attention import MultiHeadAttention
+from arch.decoding import generate
+from arch.transformer import TransformerBlock
+from arch.vit import patchify
+from train.loop import RunConfig, fit
+from train.optim import OptimConfig
+from train.state import parameter_count
+from train.tasks import Digits
+
+VOCAB, D, H, F = 11, 16, 2, 32  # e = 8
+B, T, S = 2, 6, 7
+SMALL = dict(features=D, num_heads=H, ffn_hidden=F, num_layers=1, max_len=16)
+TOKEN_MODEL = dict(SMALL, vocab_size=VOCAB, num_outputs=VOCAB)
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+TOKENS = np.random.default_rng(0).integers(0, VOCAB, (B, T)).astype(np.int32)  # [b, t]
+SOURCE = np.random.default_rng(1).integers(0, VOCAB, (B, S)).astype(np.int32)  # [b, s]
+
+
+def lengths_mask(lengths, time: int) -> np.ndarray:
+    """[b, time] booleans, True at the first `length` positions of each row."""
+    return np.arange(time)[None, :] < np.asarray(lengths)[:, None]
+
+
+def replace_padding(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Tokens with every padded position (mask False) changed to another token."""
+    shift = np.random.default_rng(2).integers(1, VOCAB, tokens.shape)  # never 0 mod VOCAB
+    return np.where(mask, tokens, (tokens + shift) % VOCAB)
+
+
+def step_through(model, variables, tokens, cache) -> jax.Array:
+    """Logits [b, t, v] of feeding tokens [b, t] one at a time through `decode_step`."""
+
+    def step(cache, token):
+        logits, cache = model.apply(variables, cache, token, method=model.decode_step)
+        return cache, logits
+
+    return jax.lax.scan(step, cache, tokens.T)[1].swapaxes(0, 1)
+
+
+# Cached decoding equals the full forward pass.
+
+
+@pytest.mark.parametrize(
+    "positional, norm, layers",
+    [
+        ("learned", "pre", 2),  # the default, with a cache per layer
+        ("sinusoidal", "pre", 1),
+        ("rotary", "pre", 1),
+        ("none", "pre", 1),
+        ("learned", "post", 1),
+        ("rotary", "post", 2),
+    ],
+)
+def test_language_model_decode_step_equals_the_full_forward_pass(positional, norm, layers):
+    model = TransformerLM(**{**TOKEN_MODEL, "num_layers": layers}, positional=positional, norm=norm)
+    variables = random_variables(model, TOKENS)
+
+    @jax.jit
+    def both(variables):
+        # a cache with room for three more positions than are fed
+        return model.apply(variables, TOKENS), step_through(
+            model, variables, TOKENS, model.init_cache(B, T + 3)
+        )
+
+    full, stepped = both(variables)
+    chex.assert_shape(full, (B, T, VOCAB))
+    chex.assert_trees_all_close(stepped, full, **TOLERANCE)
+    assert float(jnp.std(full)) > 0.1
+
+
+def test_encoder_decoder_decode_step_equals_the_full_forward_pass():
+    model = EncoderDecoderTransformer(**{**TOKEN_MODEL, "num_layers": 2})
+    source_mask = lengths_mask([S, 4], S)
+    inputs = {"source": SOURCE, "target": TOKENS, "source_mask": source_mask}
+    variables = random_variables(model, inputs)
+
+    @jax.jit
+    def both(variables):
+        full = model.apply(variables, inputs)
+        memory = model.apply(variables, SOURCE, source_mask, method=model.encode)  # [b, s, d]
+        cache = model.init_cache(B, T, memory, source_mask)
+        return full, step_through(model, variables, TOKENS, cache)
+
+    full, stepped = both(variables)
+    chex.assert_shape(full, (B, T, VOCAB))
+    chex.assert_trees_all_close(stepped, full, **TOLERANCE)
+    assert float(jnp.std(full)) > 0.1
+
+
+GPT = TransformerLM(**{**TOKEN_MODEL, "max_len": 80})
+PROMPT = TOKENS[:, :3]  # [b, p]
+
+
+@pytest.fixture(scope="module")
+def gpt_variables() -> dict:
+    return random_variables(GPT, PROMPT, seed=1)
+
+
+def test_greedy_generation_is_the_arg_max_of_repeated_full_forward_passes(gpt_variables):
+    p, new_tokens = PROMPT.shape[1], 5
+    generated = generate(GPT, gpt_variables, PROMPT, new_tokens)
+    # the growing sequence sits at the front of a fixed-length buffer, so the forward pass
+    # compiles once; what follows it cannot matter (causality is proved below)
+    forward = jax.jit(GPT.apply)
+    sequence = np.zeros((B, p + new_tokens), np.int32)
+    sequence[:, :p] = PROMPT
+    for length in range(p, p + new_tokens):
+        logits = np.asarray(forward(gpt_variables, sequence)[:, length - 1])  # [b, v]
+        top_two = np.sort(logits, axis=-1)[:, -2:]
+        assert np.min(top_two[:, 1] - top_two[:, 0]) > 1e-4  # no close call
+        sequence[:, length] = np.argmax(logits, axis=-1)
+    np.testing.assert_array_equal(generated, sequence)
+    assert len(np.unique(sequence[:, p:])) > 1  # not one token repeated
+
+
+def test_lowered_generation_program_does_not_grow_with_the_number_of_tokens(gpt_variables):
+    programs = [
+        re.sub(r"\d+", "N", generate.lower(GPT, gpt_variables, PROMPT, tokens).as_text())
+        for tokens in (8, 64)
+    ]
+    assert programs[0] == programs[1]
+    assert programs[0].count("stablehlo.while") == 2  # the prefill scan and the extension scan
+
+
+# Causality, proved by gradients: a perturbation of the embedding at position s moves the
+# logits at position t only when s <= t.
+
+
+def embedding_sensitivity(model, variables, tokens: np.ndarray) -> np.ndarray:
+    """[t, s]: the largest |d logits[t, :] / d delta[s, :]| where delta [t, d] is added to the
+    token embeddings of tokens [1, t] (the output of the module named "embedding")."""
+
+    def logits_of(delta):
+        def add_delta(call, args, kwargs, context):
+            out = call(*args, **kwargs)
+            is_lookup = context.module.name == "embedding" and context.method_name == "__call__"
+            return out + delta if is_lookup else out
+
+        with nn.intercept_methods(add_delta):
+            return model.apply(variables, tokens)[0]  # [t, v]
+
+    jacobian = jax.jit(jax.jacrev(logits_of))(jnp.zeros((tokens.shape[1], D)))  # [t, v, s, d]
+    return np.max(np.abs(np.asarray(jacobian)), axis=(1, 3))
+
+
+def test_language_model_is_causal_by_gradients():
+    model = TransformerLM(**TOKEN_MODEL)
+    tokens = TOKENS[:1]
+    sensitivity = embedding_sensitivity(model, random_variables(model, tokens), tokens)
+    future = np.triu(np.ones((T, T), bool), k=1)  # s > t
+    assert np.all(sensitivity[future] == 0)
+    assert np.all(sensitivity[~future] > 1e-4)
+
+
+def test_encoder_is_not_causal_by_gradients():
+    model = MaskedLanguageModel(**TOKEN_MODEL)
+    tokens = TOKENS[:1]
+    sensitivity = embedding_sensitivity(model, random_variables(model, tokens), tokens)
+    assert np.all(sensitivity > 1e-4)  # every position sees every other, later ones included
+
+
+# Padding: tokens at padded positions change nothing at real positions.
+
+
+PAD_MASK = lengths_mask([T, 4], T)  # the second row has two padded positions
+NOISY = replace_padding(TOKENS, PAD_MASK)
+
+
+def padded_and_noisy(apply):
+    """apply(tokens, mask) on the tokens and on NOISY, with the mask and without."""
+    return jax.jit(
+        lambda: {
+            "masked": apply(TOKENS, PAD_MASK),
+            "noisy_masked": apply(NOISY, PAD_MASK),
+            "unmasked": apply(TOKENS, None),
+            "noisy_unmasked": apply(NOISY, None),
+        }
+    )()
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_classifier_ignores_padded_tokens(pool):
+    model = TransformerClassifier(**SMALL, vocab_size=VOCAB, num_outputs=3, pool=pool)
+    variables = random_variables(model, TOKENS)
+    out = padded_and_noisy(lambda x, mask: model.apply(variables, x, mask=mask))
+    chex.assert_shape(out["masked"], (B, 3))
+    chex.assert_trees_all_close(out["noisy_masked"], out["masked"], **TOLERANCE)
+    # without the mask the changed tokens are read: the mask is what hides them
+    assert not np.allclose(out["noisy_unmasked"][1], out["unmasked"][1], atol=1e-4)
+    chex.assert_trees_all_close(out["unmasked"][0], out["masked"][0], **TOLERANCE)  # no padding
+
+
+def test_masked_language_model_ignores_padded_tokens_at_real_positions():
+    model = MaskedLanguageModel(**TOKEN_MODEL)
+    variables = random_variables(model, TOKENS)
+    out = padded_and_noisy(lambda x, mask: model.apply(variables, x, mask=mask))
+    chex.assert_shape(out["masked"], (B, T, VOCAB))
+    real = lambda logits: np.asarray(logits)[PAD_MASK]  # [real positions, v]
+    chex.assert_trees_all_close(real(out["noisy_masked"]), real(out["masked"]), **TOLERANCE)
+    assert not np.allclose(real(out["noisy_unmasked"]), real(out["unmasked"]), atol=1e-4)
+
+
+def test_encoder_decoder_ignores_padded_source_tokens():
+    model = EncoderDecoderTransformer(**TOKEN_MODEL)
+    source_mask = lengths_mask([S, 3], S)
+    noisy_source = replace_padding(SOURCE, source_mask)
+    variables = random_variables(model, {"source": SOURCE, "target": TOKENS})
+    apply = lambda source, mask: model.apply(
+        variables, {"source": source, "target": TOKENS, "source_mask": mask}
+    )
+    out = jax.jit(
+        lambda: {
+            "masked": apply(SOURCE, source_mask),
+            "noisy_masked": apply(noisy_source, source_mask),
+            "noisy_unmasked": apply(noisy_source, None),
+        }
+    )()
+    chex.assert_trees_all_close(out["noisy_masked"], out["masked"], **TOLERANCE)
+    assert not np.allclose(out["noisy_unmasked"][1], out["masked"][1], atol=1e-4)
+
+
+# Pre-norm and post-norm.
+
+
+def parameter_shapes(model, inputs) -> dict:
+    """{path: shape} of the model's parameters."""
+    variables = jax.eval_shape(model.init, jax.random.key(0), inputs)
+    return {path: leaf.shape for path, leaf in flatten_dict(variables["params"]).items()}
+
+
+@pytest.mark.parametrize(
+    "cls, inputs, stacks",
+    [
+        (TransformerLM, TOKENS, ["decoder"]),
+        (EncoderDecoderTransformer, {"source": SOURCE, "target": TOKENS}, ["encoder", "decoder"]),
+    ],
+)
+def test_pre_and_post_norm_parameters_differ_only_by_the_final_layer_norm(cls, inputs, stacks):
+    pre, post = (
+        parameter_shapes(cls(**{**TOKEN_MODEL, "num_layers": 2}, norm=norm), inputs)
+        for norm in ("pre", "post")
+    )
+    final_norms = {
+        (stack, "final_norm", name): (D,) for stack in stacks for name in ("scale", "bias")
+    }
+    assert pre == {**post, **final_norms}
+    assert not set(final_norms) & set(post)
+
+
+def layer_norm(x: np.ndarray, p: dict) -> np.ndarray:
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]  # Flax's epsilon 1e-6
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def multi_head_attention(x: np.ndarray, p: dict, causal: bool) -> np.ndarray:
+    """softmax(q k^T / sqrt(e)) v per head, then the output projection: [b, t, d]."""
+    project = lambda name: np.einsum("btd,dhe->bthe", x, p[name]["kernel"]) + p[name]["bias"]
+    query, key, value = project("query"), project("key"), project("value")  # [b, t, h, e]
+    scores = np.einsum("bqhe,bkhe->bhqk", query, key) / np.sqrt(query.shape[-1])
+    if causal:
+        scores = np.where(np.tril(np.ones(scores.shape[-2:], bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    attended = np.einsum("bhqk,bkhe->bqhe", weights, value)
+    return np.einsum("bqhe,hed->bqd", attended, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def feed_forward(x: np.ndarray, p: dict) -> np.ndarray:
+    hidden = gelu_tanh(x @ p["hidden"]["kernel"] + p["hidden"]["bias"])
+    return hidden @ p["output"]["kernel"] + p["output"]["bias"]
+
+
+@pytest.mark.parametrize("norm, causal", [("post", False), ("pre", True)])
+def test_one_block_by_hand(norm, causal):
+    block = TransformerBlock(D, H, F, norm=norm, parent=None)  # dropout 0, gelu
+    x = random_inputs(B, T, D)
+    variables = random_variables(block, x)
+    p = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), variables["params"])
+    attend = lambda y: multi_head_attention(y, p["self_attention"], causal)
+    ffn = lambda y: feed_forward(y, p["feed_forward"])
+    if norm == "post":  # x = LayerNorm(x + sublayer(x))
+        hidden = layer_norm(x + attend(x), p["norms_0"])
+        expected = layer_norm(hidden + ffn(hidden), p["norms_1"])
+    else:  # x = x + sublayer(LayerNorm(x))
+        hidden = x + attend(layer_norm(x, p["norms_0"]))
+        expected = hidden + ffn(layer_norm(hidden, p["norms_1"]))
+    out = jax.jit(lambda v: block.apply(v, x, causal=causal))(variables)
+    chex.assert_trees_all_close(out, expected.astype(np.float32), rtol=1e-4, atol=1e-5)
+
+
+# Dropout is random in training and off in evaluation.
+
+
+def test_dropout_is_active_only_in_training():
+    model = TransformerLM(**TOKEN_MODEL, dropout_rate=0.3)
+    variables = random_variables(model, TOKENS)
+
+    @jax.jit
+    def outputs(key_a, key_b):
+        apply = lambda train, key: model.apply(
+            variables, TOKENS, train=train, rngs={"dropout": key}
+        )
+        return {
+            "train_a": apply(True, key_a),
+            "train_a_again": apply(True, key_a),
+            "train_b": apply(True, key_b),
+            "eval_a": apply(False, key_a),
+            "eval_b": apply(False, key_b),
+            "eval_no_rng": model.apply(variables, TOKENS),
+        }
+
+    out = outputs(jax.random.key(2), jax.random.key(3))
+    np.testing.assert_array_equal(out["eval_a"], out["eval_b"])
+    np.testing.assert_array_equal(out["eval_a"], out["eval_no_rng"])
+    np.testing.assert_array_equal(out["train_a"], out["train_a_again"])  # the key decides
+    assert not np.allclose(out["train_a"], out["eval_a"], atol=1e-3)
+    assert not np.allclose(out["train_a"], out["train_b"], atol=1e-3)
+
+
+# Tied embeddings.
+
+
+def test_tied_logits_are_the_final_hidden_state_times_the_embedding():
+    model = TransformerLM(**TOKEN_MODEL)
+    variables = random_variables(model, TOKENS)
+    assert set(variables["params"]) == {"embedding", "positions", "decoder"}  # no output layer
+    logits, state = jax.jit(
+        lambda v: model.apply(v, TOKENS, capture_intermediates=True, mutable=["intermediates"])
+    )(variables)
+    hidden = state["intermediates"]["decoder"]["__call__"][0]  # after the final norm [b, t, d]
+    embedding = variables["params"]["embedding"]["embedding"]  # [v, d]
+    chex.assert_trees_all_close(logits, np.asarray(hidden) @ np.asarray(embedding).T, **TOLERANCE)
+
+
+def test_untied_embeddings_add_one_output_layer():
+    tied = parameter_shapes(TransformerLM(**TOKEN_MODEL), TOKENS)
+    untied = parameter_shapes(TransformerLM(**TOKEN_MODEL, tie_embeddings=False), TOKENS)
+    assert untied == {
+        **tied,
+        ("output_layer", "kernel"): (D, VOCAB),
+        ("output_layer", "bias"): (VOCAB,),
+    }
+    fewer = TransformerLM(**{**TOKEN_MODEL, "num_outputs": 5}, tie_embeddings=False)
+    logits = jax.eval_shape(lambda: fewer.init_with_output(jax.random.key(0), TOKENS)[0])
+    assert logits.shape == (B, T, 5)
+
+
+@pytest.mark.parametrize("cls", [TransformerLM, EncoderDecoderTransformer])
+def test_tied_embeddings_need_as_many_outputs_as_tokens(cls):
+    model = cls(**{**TOKEN_MODEL, "num_outputs": 5})
+    inputs = TOKENS if cls is TransformerLM else {"source": SOURCE, "target": TOKENS}
+    with pytest.raises(ValueError, match="tied embeddings need num_outputs == vocab_size"):
+        jax.eval_shape(model.init, jax.random.key(0), inputs)
+
+
+# Pinned parameter counts of the registered defaults (d 64, 4 heads, f 256, 2 layers, learned
+# positions of max_len 512).
+
+
+def dense(f_in: int, f_out: int) -> int:
+    return f_in * f_out + f_out
+
+
+def encoder_block(d: int, f: int) -> int:
+    attention = 4 * dense(d, d)  # query, key, value, output: 4 (d * d + d)
+    return attention + 2 * 2 * d + dense(d, f) + dense(f, d)  # two LayerNorms, the FFN
+
+
+def decoder_block(d: int, f: int) -> int:
+    return encoder_block(d, f) + 4 * dense(d, d) + 2 * d  # cross-attention and its LayerNorm
+
+
+WIDTH, FFN_WIDTH, LAYERS = 64, 256, 2
+POSITIONS = 512 * WIDTH  # the learned table
+ENCODER = LAYERS * encoder_block(WIDTH, FFN_WIDTH) + 2 * WIDTH  # and pre-norm's final LayerNorm
+DECODER = LAYERS * decoder_block(WIDTH, FFN_WIDTH) + 2 * WIDTH
+FEATURE_SEQUENCES = jax.ShapeDtypeStruct((2, 8, 8), jnp.float32)  # digits rows [b, t, f]
+BYTES = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+IMAGES = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+PARAMETERS = {
+    # features 8 -> d, a [CLS] vector, positions, the encoder, the head to 10 classes
+    "transformer": (
+        FEATURE_SEQUENCES,
+        dense(8, WIDTH) + WIDTH + POSITIONS + ENCODER + dense(WIDTH, 10),
+    ),
+    # 257 tokens, positions, the encoder, Dense - LayerNorm, the output bias (tied to tokens)
+    "bert": (BYTES, 257 * WIDTH + POSITIONS + ENCODER + dense(WIDTH, WIDTH) + 2 * WIDTH + 257),
+    # 256 tokens, positions, the decoder stack (no cross-attention: an encoder's count; tied)
+    "gpt": (BYTES, 256 * WIDTH + POSITIONS + ENCODER),
+    # one embedding and one position table shared by source and target
+    "transformer_seq2seq": (
+        {"source": BYTES, "target": BYTES},
+        256 * WIDTH + POSITIONS + ENCODER + DECODER,
+    ),
+    # 2x2 patches of one channel -> d, a [CLS] vector, 64 learned positions, the encoder, head
+    "vit": (IMAGES, dense(4, WIDTH) + WIDTH + 64 * WIDTH + ENCODER + dense(WIDTH, 10)),
+}
+
+
+def test_hand_computed_parameter_counts():
+    assert encoder_block(64, 256) == 49984
+    assert decoder_block(64, 256) == 66752
+    assert {name: count for name, (_, count) in PARAMETERS.items()} == {
+        "transformer": 134154,
+        "bert": 153857,
+        "gpt": 149248,
+        "transformer_seq2seq": 282880,
+        "vit": 105226,
+    }
+
+
+@pytest.mark.parametrize("name", list(PARAMETERS))
+def test_parameter_count_of_the_registered_defaults(name):
+    inputs, expected = PARAMETERS[name]
+    variables = jax.eval_shape(MODELS[name]().init, jax.random.key(0), inputs)
+    assert parameter_count(variables["params"]) == expected
+
+
+# The Vision Transformer.
+
+
+def test_patchify_cuts_row_major_patches():
+    image = np.arange(16, dtype=np.float32).reshape(1, 4, 4)  # [b, y, x]
+    patches = patchify(jnp.asarray(image), 2)
+    expected = [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    np.testing.assert_array_equal(patches, np.array([expected], np.float32))
+    # two channels: pixel (y, x) holds 8y + 2x + c; a patch lists its pixels row by row, the
+    # channels of each pixel together
+    colour = np.arange(16, dtype=np.float32).reshape(1, 2, 4, 2)  # [b, y, x, c]
+    expected = [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]]
+    np.testing.assert_array_equal(patchify(jnp.asarray(colour), 2), np.array([expected]))
+    chex.assert_shape(patchify(jnp.zeros((3, 8, 8, 1)), 4), (3, 4, 16))
+
+
+def test_patchify_rejects_images_not_divisible_by_the_patch():
+    with pytest.raises(ValueError, match="image 8x6 is not divisible into 4x4 patches"):
+        patchify(jnp.zeros((1, 8, 6, 1)), 4)
+    with pytest.raises(ValueError, match=r"ViT expects images \[batch, height, width, channels\]"):
+        patchify(jnp.zeros((1, 8)), 4)
+
+
+def test_vit_output_shape():
+    model = ViT(**SMALL, num_outputs=7, patch_size=4)
+    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], IMAGES)
+    assert out.shape == (2, 7) and out.dtype == jnp.float32
+
+
+def test_vit_learns_digits():
+    model = ViT(features=32, num_heads=4, num_layers=1, patch_size=4)  # 4 patches of 4x4
+    result = fit(
+        model, Digits(), OptimConfig(lr=3e-3), RunConfig.quiet(150, compilation_cache=False)
+    )
+    # 150 steps reach 0.93-0.97 test accuracy over seeds 0-3
+    assert result.summary["final"]["test"]["accuracy"] >= 0.9
+
+
+# Clear errors on bad input.
+
+
+@pytest.mark.parametrize(
+    "model, inputs, message",
+    [
+        (
+            TransformerClassifier(**SMALL),
+            BYTES,
+            r"TransformerClassifier got token ids .*vocab-size",
+        ),
+        (TransformerLM(**SMALL, vocab_size=None), BYTES, "TransformerLM needs vocab_size"),
+        (
+            TransformerClassifier(**SMALL),
+            jax.ShapeDtypeStruct((2, 8), jnp.float32),
+            r"\[batch, time, features\], got shape \(2, 8\)",
+        ),
+        (
+            TransformerClassifier(**SMALL),
+            jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32),
+            r"\[batch, time, features\], got shape \(2, 8, 8, 1\)",
+        ),
+        (TransformerClassifier(**SMALL, pool="max"), FEATURE_SEQUENCES, "unknown pool 'max'"),
+        (
+            TransformerLM(**TOKEN_MODEL, kernel="flash"),
+            BYTES,
+            r"unknown attention kernel 'flash'; choose one of \('einsum', 'xla', 'blockwise'\)",
+        ),
+        (
+            TransformerLM(**{**TOKEN_MODEL, "max_len": 4}),
+            BYTES,
+            "sequence of 8 positions exceeds max_len 4",
+        ),
+        (TransformerLM(**{**TOKEN_MODEL, "num_heads": 3}), BYTES, "not divisible by num_heads 3"),
+        (ViT(**SMALL, patch_size=3), IMAGES, "not divisible into 3x3 patches"),
+    ],
+)
+def test_clear_errors(model, inputs, message):
+    with pytest.raises(ValueError, match=message):
+        jax.eval_shape(model.init, jax.random.key(0), inputs)
+
+
+def test_causal_attention_needs_as_many_queries_as_keys():
+    attention = MultiHeadAttention(D, H)
+    queries, keys = jnp.zeros((B, 3, D)), jnp.zeros((B, 5, D))
+    with pytest.raises(
+        ValueError, match="causal attention needs as many queries as keys, got 3, 5"
+    ):
+        jax.eval_shape(
+            functools.partial(attention.init, causal=True), jax.random.key(0), queries, keys
+        )
+
+
+def test_decoding_errors():
+    with pytest.raises(ValueError, match="a cache of 17 positions exceeds max_len 16"):
+        TransformerLM(**TOKEN_MODEL).init_cache(B, 17)
+    with pytest.raises(ValueError, match="decodes against a memory"):
+        EncoderDecoderTransformer(**TOKEN_MODEL).init_cache(B, T)
+
+
+def test_vit_reads_integer_pixels_as_intensities():
+    model = ViT(num_outputs=3, num_layers=1, features=16, num_heads=2, patch_size=4)
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1)).astype(np.uint8)
+    variables = model.init(jax.random.key(0), images)
+    logits = model.apply(variables, images)
+    chex.assert_trees_all_close(logits, model.apply(variables, images.astype(np.float32)))
+
+
+def test_every_parameter_follows_param_dtype():
+    tokens = np.zeros((2, 5), np.int32)
+    models = [
+        TransformerClassifier(vocab_size=7, num_outputs=3, features=16, num_heads=2),
+        MaskedLanguageModel(vocab_size=7, num_outputs=7, features=16, num_heads=2),
+        TransformerLM(vocab_size=7, num_outputs=7, features=16, num_heads=2),
+    ]
+    for model in models:
+        model = model.clone(param_dtype="bfloat16")
+        shapes = jax.eval_shape(model.init, jax.random.key(0), tokens)
+        assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype("bfloat16")}
