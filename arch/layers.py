@@ -49,8 +49,8 @@ def sinusoidal_encoding(positions: jax.Array, features: int) -> jax.Array:
 
 class PositionalEncoding(nn.Module):
     """Adds position information to embeddings x [b, t, d]: the sinusoidal encoding, a learned
-    table of `max_len` rows, or nothing ("rotary" rotates queries and keys inside attention
-    instead; "none" leaves a model blind to order)."""
+    table of `max_len` rows (the only kind limited to max_len positions), or nothing ("rotary"
+    rotates queries and keys inside attention instead; "none" leaves a model blind to order)."""
 
     kind: Positional
     max_len: int
@@ -59,11 +59,14 @@ class PositionalEncoding(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """x [b, t, d], positions [b or 1, t] -> [b, t, d]."""
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"sequence of {x.shape[1]} positions exceeds max_len {self.max_len}")
         if self.kind == "sinusoidal":
             return x + sinusoidal_encoding(positions, x.shape[-1]).astype(x.dtype)
         if self.kind == "learned":
+            if x.shape[1] > self.max_len:  # the other kinds have no table to run out of
+                raise ValueError(
+                    f"sequence of {x.shape[1]} positions exceeds max_len {self.max_len} "
+                    "(the learned table's rows)"
+                )
             table = nn.Embed(
                 self.max_len,
                 x.shape[-1],
