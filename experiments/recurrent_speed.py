@@ -23,21 +23,28 @@ inference under torch.inference_mode). GRU: ours with reset_after=True is the fu
 GRUCell and PyTorch's nn.GRU compute (their update gate is the negation of ours); ours with
 reset_after=False (the default, the paper's form) is timed beside them.
 
-"proto ..." rows are benchmark-only formulations that arch/ does not have, on ours' weights:
-`concatenated_lstm` / `concatenated_gru` (one [x_t, h_{t-1}] @ W product per step) and
-`lstm_custom_vjp` / `gru_custom_vjp` (a hand-written backward pass whose weight gradients are
-large products after the reverse loop instead of K = b products inside it).
+Ours runs with backward="auto" (arch/recurrent_scan.py: the LSTM takes the hand-written
+backward pass, the GRU autodiff); "ours fused u2 autodiff" / "ours fused u2 custom" time the
+other backward pass beside it. "proto ..." rows are benchmark-only formulations that arch/ does
+not have: `concatenated_lstm` / `concatenated_gru` (one [x_t, h_{t-1}] @ W product per step).
 
-Result (2026-11-21, 2 cores of an AMD EPYC, jax 0.10.2, torch 2.13.0, load average < 2; tokens/s
-ratios at T = 64/256/1024; 280 s): the claim holds, the LSTM's training as a tie. Ours (fused,
-u2, the default) over Flax's fastest built-in: LSTM train 0.99/0.96/0.89, infer 1.33/1.08/1.02;
-GRU train 1.31/1.21/1.25, infer 1.33/1.31/1.35. Over PyTorch: LSTM train 0.49/0.67/0.70 and
-infer 0.69/0.64/0.62 (its fused oneDNN kernel: 88k/72k/59k tokens/s train), GRU train
-1.75/1.46/1.77, infer 2.06/1.86/1.90. u2 was chosen as the default after an earlier quiet run
-(GRU train 1.11-1.19x, infer 1.23-1.29x over u1; LSTM a tie). Hoisting is slower (inference
-0.4-0.6x); the custom-VJP prototype trains the LSTM 1.16-1.44x faster than ours (the GRU not);
-the concatenated product is no faster. On a busy machine the spread grows to ~35% and
-PyTorch's OpenMP threads stall (1-5k tokens/s): compare ratios from a quiet run.
+Result (2026-11-21, 2 cores of an AMD EPYC, jax 0.10.2, torch 2.13.0, load average < 2.2;
+tokens/s ratios at T = 64/256/1024; 229 s): the claim holds everywhere. Ours (fused, u2, the
+defaults) over Flax's fastest built-in: LSTM train 1.05/1.07/1.09, infer 1.12/1.23/1.02; GRU
+train 1.37/1.23/1.26, infer 1.34/1.34/1.26. The LSTM's custom backward pass trains 1.12/1.08/
+1.16x faster than autodiff (before it, LSTM training was a 0.89-0.99 tie with Flax); for the
+GRU it is 0.87-0.92x, so "auto" keeps autodiff there. Over PyTorch: LSTM train 0.51/0.70/0.90
+and infer 0.66/0.63/0.67 (its fused oneDNN LSTM kernel, 106k/80k/64k tokens/s train: the goal
+of matching it at T >= 256 is NOT met), GRU train 1.83/1.46/1.81, infer 1.82/1.88/1.77 (PyTorch
+has no fused GRU on CPU). What bounds the LSTM: XLA:CPU's per-iteration cost of the while loop
+and the elementwise gates (a loop that only adds [32, 1024] arrays costs ~60 us per step here;
+the gates' sigmoid / tanh ~75 us of our ~136 us step), not the matrix products. Tried and not
+adopted: hoisting (inference 0.4-0.6x), unroll 4 (a tie), the concatenated product (0.8-0.9x),
+storing the gates' residuals in the custom backward instead of recomputing them (1.05-1.10x
+instead of 1.12-1.17x), the global XLA flags --xla_cpu_enable_fast_math (+13% LSTM inference,
+but it changes numerics process-wide) and --xla_cpu_use_xnnpack (+10%). u2 was chosen as the
+default after an earlier quiet run (GRU train 1.11-1.19x, infer 1.23-1.29x over u1). On a busy
+machine the spread grows to ~35% and PyTorch's OpenMP threads stall: compare quiet runs.
 """
 
 import dataclasses
