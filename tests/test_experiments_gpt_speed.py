@@ -25,7 +25,9 @@ def test_smoke_run_times_every_implementation_of_the_same_model(tmp_path):
         assert len(row["samples"]) == 2 and all(s > 0 for s in row["samples"])
         per_second = results["flops_per_step"] / (row["step_ms"] / 1e3)
         assert row["flops_per_second"] == pytest.approx(per_second, rel=1e-9)
-        assert row["utilisation"] > 0
+        assert row["utilisation"] > 0 and row["utilisation_of_own_peak"] > 0
+        if row["implementation"].startswith("ours"):
+            assert row["utilisation_of_own_peak"] == row["utilisation"]
         assert (row["compile_seconds"] is None) == (row["implementation"] == "torch eager")
     if TORCH:
         assert rows["torch eager"]["vs_torch"] == 1.0 and isinstance(results["holds"], bool)

@@ -146,3 +146,12 @@ def load_torch(wanted: bool) -> tuple[Any, str]:
         return None, f"not installed ({error}); pip install -e '.[bench]' to compare"
     torch.set_num_threads(os.cpu_count() or 2)
     return torch, ""
+
+
+def torch_matmul_peak(torch: Any, size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """PyTorch's own measured FLOP/s on the same square product as `matmul_peak` (the two
+    libraries' kernels need not reach the same fraction of the hardware)."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+    timing = time_round_robin({"matmul": lambda: a @ b}, repeats)
+    return {"size": size, "dtype": "float32", **timing["matmul"].rate(2.0 * size**3)}
