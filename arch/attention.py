@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.blockwise_attention import blockwise_attention
 from arch.layers import RowDense
 
 Kernel = Literal["einsum", "xla", "blockwise"]
@@ -83,8 +84,6 @@ def dot_product_attention(
         )
     scale = width**-0.5 if scale is None else scale
     if kernel == "blockwise":
-        from arch.blockwise_attention import blockwise_attention  # noqa: PLC0415 (being written)
-
         return blockwise_attention(
             query, key, value, key_mask=key_mask, causal=causal, scale=scale, block_size=block_size
         )
