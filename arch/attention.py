@@ -121,6 +121,8 @@ class MultiHeadAttention(nn.Module):
     head_dim: int | None = None
     """e; None: features // num_heads."""
     kernel: Kernel = "einsum"
+    block_size: int = 512
+    """Queries / keys per block of the blockwise kernel (experiments/attention_speed.py)."""
     rotary: bool = False
     """Rotary position embeddings on queries and keys (needs positions)."""
     use_bias: bool = True
@@ -181,7 +183,13 @@ class MultiHeadAttention(nn.Module):
             positions_kv = positions_q
         query, key, value = self.project(inputs_q, inputs_kv, positions_q, positions_kv)
         attended = dot_product_attention(
-            query, key, value, key_mask=key_mask, causal=causal, kernel=self.kernel
+            query,
+            key,
+            value,
+            key_mask=key_mask,
+            causal=causal,
+            kernel=self.kernel,
+            block_size=self.block_size,
         )
         return self.out(attended)  # [b, q, d]
 

@@ -40,6 +40,7 @@ class TransformerBlock(nn.Module):
     rotary: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
+    block_size: int = 512
 
     def setup(self) -> None:
         attention = functools.partial(
@@ -47,6 +48,7 @@ class TransformerBlock(nn.Module):
             self.features,
             self.num_heads,
             kernel=self.kernel,
+            block_size=self.block_size,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -169,6 +171,9 @@ class TransformerModel(nn.Module):
     max_len: int = 512
     """Longest sequence the learned positions cover (and the longest decoding cache)."""
     kernel: Kernel = "einsum"
+    block_size: int = 512
+    """Queries / keys per block of the blockwise kernel: 512 measured fastest at t >= 2048,
+    128 at t = 512 (experiments/attention_speed.py)."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -188,6 +193,7 @@ class TransformerModel(nn.Module):
             self.positional == "rotary",
             self.dtype,
             self.param_dtype,
+            self.block_size,
             parent=None,
         )
         return TransformerStack(self.num_layers, block, name=name)

@@ -566,3 +566,24 @@ def test_every_parameter_follows_param_dtype():
         model = model.clone(param_dtype="bfloat16")
         shapes = jax.eval_shape(model.init, jax.random.key(0), tokens)
         assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype("bfloat16")}
+
+
+def test_a_language_model_on_the_blockwise_kernel_equals_the_einsum_one():
+    """Values and gradients through the whole model, with a length that is not a multiple of
+    the block (37 = 2 * 16 + 5)."""
+    tokens = np.random.default_rng(0).integers(0, 11, (2, 37)).astype(np.int32)
+    models = {
+        kernel: TransformerLM(
+            vocab_size=11, num_outputs=11, features=16, num_heads=2, kernel=kernel, block_size=16
+        )
+        for kernel in ("einsum", "blockwise")
+    }
+    variables = models["einsum"].init(jax.random.key(0), tokens)
+
+    @jax.jit
+    def value_and_grads(variables):
+        loss = lambda v, model: jnp.mean(model.apply(v, tokens) ** 2)
+        return {k: jax.value_and_grad(loss)(variables, m) for k, m in models.items()}
+
+    results = value_and_grads(variables)
+    chex.assert_trees_all_close(results["blockwise"], results["einsum"], rtol=1e-4, atol=1e-6)
