@@ -71,7 +71,6 @@ from train.loop import FitResult, RunConfig, fit
 from train.optim import OptimConfig
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.tasks import MarkovLanguage
-from train.tasks.language import MarkovChain
 
 CLAIM = (
     "On the known-entropy Markov language, a decoder-only Transformer, an LSTM and a GRU of "
@@ -137,35 +136,6 @@ def make_models(config: Config) -> dict[str, Any]:
     }
 
 
-def source_surprisal(chain: MarkovChain, tokens: np.ndarray, first: int) -> np.ndarray:
-    """-log2 P_source(tokens[:, s] | the chain's `order` previous tokens) for s >= first.
-
-    tokens [n, s_total] int, first >= order -> surprisals [n, s_total - first] in bits.
-    """
-    context = np.zeros(len(tokens), np.int64)  # [n]
-    for s in range(first - chain.order, first):
-        context = chain.next_context(context, tokens[:, s])
-    bits = []
-    for s in range(first, tokens.shape[1]):
-        bits.append(-np.log2(chain.transitions[context, tokens[:, s]]))
-        context = chain.next_context(context, tokens[:, s])
-    return np.stack(bits, axis=1)
-
-
-def source_test_bits(task: MarkovLanguage) -> float:
-    """The true source's bits/char on the test split's scored targets (mask 1)."""
-    inputs, targets, mask = task.data["test"]
-    sequences = np.concatenate([inputs[:, :1], targets], axis=1)  # [n, t + 1]
-    bits = source_surprisal(task.chain, sequences, task.order)  # targets order - 1 ... t - 1
-    scored = mask[:, task.order - 1 :]
-    return float(np.sum(bits * scored) / np.sum(scored))
-
-
-def as_text(tokens: np.ndarray) -> str:
-    """Tokens of a vocabulary up to 26 as letters a, b, c, ..."""
-    return "".join(chr(ord("a") + int(t)) for t in tokens)
-
-
 def samples(result: FitResult, task: MarkovLanguage, config: Config) -> list[dict]:
     """Per temperature: sampled continuations of test prompts, scored under the source, in
     all and split at the training length (positions < length were seen in training, the
@@ -185,7 +155,7 @@ def samples(result: FitResult, task: MarkovLanguage, config: Config) -> list[dic
             temperature,
         )
         tokens = np.asarray(tokens)  # [num_samples, p + s]
-        bits = source_surprisal(task.chain, tokens, config.prompt_length)
+        bits = task.chain.surprisal_bits(tokens, config.prompt_length)
         out.append(
             {
                 "temperature": temperature,
@@ -193,7 +163,7 @@ def samples(result: FitResult, task: MarkovLanguage, config: Config) -> list[dic
                 "source_bits_within_training_length": mean(bits[:, :within]),
                 "source_bits_beyond_training_length": mean(bits[:, within:]),
                 "source_bits_per_position": bits.mean(axis=0).tolist(),  # new tokens [s]
-                "texts": [as_text(row[config.prompt_length :]) for row in tokens],
+                "texts": [task.as_text(row[config.prompt_length :]) for row in tokens],
                 "tokens": tokens.tolist(),
             }
         )
@@ -344,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": dataclasses.asdict(config),
         "entropy_rate_bits": task.entropy_rate_bits,
         "log2_vocab_bits": math.log2(task.vocab_size),
-        "source_test_bits_per_char": source_test_bits(task),
+        "source_test_bits_per_char": task.source_bits_per_char("test"),
         "models": rows,
         "total_wall_time_s": time.perf_counter() - start,
     }

@@ -110,34 +110,6 @@ def unigram_entropy_bits(task: MarkovLanguage) -> float:
     return float(-np.sum(frequencies * np.log2(frequencies)))
 
 
-def source_bits(task: MarkovLanguage, tokens: np.ndarray, first: int) -> np.ndarray:
-    """-log2 P_source(tokens[:, s] | the `order` tokens before it) for s >= first >= order.
-
-    tokens [n, s_total] -> surprisals [n, s_total - first] in bits.
-    """
-    v, k = task.vocab_size, task.order
-    steps = np.arange(first, tokens.shape[1])
-    context = np.zeros((tokens.shape[0], len(steps)), np.int64)
-    for i in range(k):  # oldest first: x_{s-k} ... x_{s-1}
-        context = context * v + tokens[:, steps - k + i]
-    return -np.log2(task.chain.transitions[context, tokens[:, steps]])
-
-
-def source_test_bits(task: MarkovLanguage) -> float:
-    """The true source's bits/char on the test split's scored (mask 1) targets."""
-    inputs, targets, mask = task.data["test"]
-    sequences = np.concatenate([inputs[:, :1], targets], axis=1)  # [n, t + 1]
-    bits = source_bits(task, sequences, task.order)  # targets from step order - 1 on
-    return float(np.sum(bits * mask[:, task.order - 1 :]) / np.sum(mask[:, task.order - 1 :]))
-
-
-def as_text(tokens: np.ndarray, vocab_size: int) -> str:
-    """Tokens as letters a, b, c, ... (vocabularies up to 26), else space-separated numbers."""
-    if vocab_size <= 26:
-        return "".join(chr(ord("a") + int(t)) for t in tokens)
-    return " ".join(str(int(t)) for t in tokens)
-
-
 def continuations(result: FitResult, task: MarkovLanguage, config: Config) -> dict:
     """Greedy and sampled continuations of a test prompt, scored under the true source."""
     prompt = np.asarray(task.data["test"][0][:1, : config.prompt_length])  # [1, p]
@@ -148,16 +120,16 @@ def continuations(result: FitResult, task: MarkovLanguage, config: Config) -> di
     sampled = generate(result.model, variables, prompts, config.sample_tokens, key, 1.0)
     sampled = np.asarray(sampled)
     return {
-        "prompt": as_text(prompt[0], task.vocab_size),
-        "greedy": as_text(greedy[0, config.prompt_length :], task.vocab_size),
-        "sampled": as_text(sampled[0, config.prompt_length :], task.vocab_size),
+        "prompt": task.as_text(prompt[0]),
+        "greedy": task.as_text(greedy[0, config.prompt_length :]),
+        "sampled": task.as_text(sampled[0, config.prompt_length :]),
         "greedy_tokens": greedy[0].tolist(),
         "sampled_tokens": sampled.tolist(),
         "greedy_source_bits_per_char": float(
-            source_bits(task, greedy, config.prompt_length).mean()
+            task.chain.surprisal_bits(greedy, config.prompt_length).mean()
         ),
         "sampled_source_bits_per_char": float(
-            source_bits(task, sampled, config.prompt_length).mean()
+            task.chain.surprisal_bits(sampled, config.prompt_length).mean()
         ),
     }
 
@@ -270,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         "entropy_rate_bits": references["entropy rate"],
         "unigram_entropy_bits": references["unigram entropy"],
         "log2_vocab_bits": references["log2(vocab)"],
-        "source_test_bits_per_char": source_test_bits(task),
+        "source_test_bits_per_char": task.source_bits_per_char("test"),
         "lstm_gap_bits": lstm["gap_bits"],
         "models": rows,
         "total_wall_time_s": time.perf_counter() - start,

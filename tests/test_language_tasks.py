@@ -204,3 +204,21 @@ def test_text_rejects_a_file_too_small_for_a_window(tmp_path):
         TextFile(path=str(path), length=16).data  # noqa: B018 - loading is lazy
     with pytest.raises(ValueError, match="fraction"):
         TextFile(validation_fraction=0.6, test_fraction=0.4)
+
+
+def test_the_source_scores_its_test_tokens_near_the_entropy_rate():
+    task = MarkovLanguage()  # 256 x 127 scored tokens: noise ~0.01 bits
+    assert task.source_bits_per_char("test") == pytest.approx(task.entropy_rate_bits, abs=0.05)
+
+
+def test_surprisal_under_the_chain_is_minus_log2_of_each_transition():
+    chain = MarkovChain.random(vocab_size=3, order=2, concentration=1.0, seed=0)
+    tokens = np.array([[0, 1, 2, 2, 0], [2, 2, 1, 0, 1]])
+    expected = [
+        [-np.log2(chain.transitions[row[s - 2] * 3 + row[s - 1], row[s]]) for s in range(2, 5)]
+        for row in tokens
+    ]
+    np.testing.assert_allclose(chain.surprisal_bits(tokens, 2), expected)
+    np.testing.assert_allclose(chain.surprisal_bits(tokens, 3), np.array(expected)[:, 1:])
+    with pytest.raises(ValueError, match="first must be >= order 2"):
+        chain.surprisal_bits(tokens, 1)

@@ -80,6 +80,18 @@ class MarkovChain:
         """(x_1, ..., x_k) then y -> (x_2, ..., x_k, y), as indices."""
         return (context * self.vocab_size) % (self.vocab_size**self.order) + symbol
 
+    def surprisal_bits(self, tokens: np.ndarray, first: int) -> np.ndarray:
+        """-log2 P(tokens[:, s] | the `order` tokens before it) for s >= first >= order:
+        tokens [n, s_total] -> surprisals [n, s_total - first] in bits (e.g. to score samples
+        under the true source)."""
+        if first < self.order:
+            raise ValueError(f"first must be >= order {self.order}, got {first}")
+        steps = np.arange(first, tokens.shape[1])
+        context = np.zeros((tokens.shape[0], len(steps)), np.int64)
+        for i in range(self.order):  # oldest first: x_{s-k} ... x_{s-1}
+            context = context * self.vocab_size + tokens[:, steps - self.order + i]
+        return -np.log2(self.transitions[context, tokens[:, steps]])
+
     def sample(self, rng: np.random.Generator, n: int, steps: int) -> np.ndarray:
         """n stationary sequences [n, steps] int32 (steps >= order): the first `order` symbols
         are a context drawn from the stationary distribution, the rest follow the chain."""
@@ -169,6 +181,21 @@ class MarkovLanguage(LanguageModelLoss, StreamTask):
     def entropy_rate_bits(self) -> float:
         """The chain's exact entropy rate in bits per symbol: the floor of bits_per_char."""
         return self.chain.entropy_rate_bits
+
+    def source_bits_per_char(self, split: str = "test") -> float:
+        """The true source's own bits/char on a split's scored targets (mask 1): what a perfect
+        model scores on this finite sample (close to, not equal to, the entropy rate)."""
+        inputs, targets, mask = self.data[split]
+        sequences = np.concatenate([inputs[:, :1], targets], axis=1)  # [n, t + 1]
+        bits = self.chain.surprisal_bits(sequences, self.order)  # targets order - 1 ... t - 1
+        scored = mask[:, self.order - 1 :]
+        return float(np.sum(bits * scored) / np.sum(scored))
+
+    def as_text(self, tokens: np.ndarray) -> str:
+        """Tokens as letters a, b, c, ... (vocabularies up to 26), else numbers."""
+        if self.vocab_size <= 26:
+            return "".join(chr(ord("a") + int(t)) for t in tokens)
+        return " ".join(str(int(t)) for t in tokens)
 
     def sample(self, rng: np.random.Generator, n: int) -> Split:
         sequences = self.chain.sample(rng, n, self.length + 1)  # [n, t + 1]
