@@ -4,6 +4,11 @@ import flax.linen as nn
 
 from arch.cnn import LeNet, ResNet
 from arch.encoder import MaskedLanguageModel, TransformerClassifier
+from arch.linear_recurrent import (
+    LinearRecurrentClassifier,
+    LinearRecurrentLM,
+    LinearRecurrentTagger,
+)
 from arch.mlp import MLP, Perceptron
 from arch.recurrent import RNNClassifier, RNNLanguageModel, RNNTagger
 from arch.transformer import EncoderDecoderTransformer, TransformerLM
@@ -23,6 +28,9 @@ MODELS: dict[str, type[nn.Module]] = {
     "gpt": TransformerLM,
     "transformer_seq2seq": EncoderDecoderTransformer,
     "vit": ViT,
+    "linear_rnn": LinearRecurrentClassifier,
+    "linear_rnn_tagger": LinearRecurrentTagger,
+    "linear_rnn_lm": LinearRecurrentLM,
     "word2vec": SkipGram,
 }
 
@@ -35,6 +43,9 @@ def describe(cls: type) -> str:
 __all__ = [
     "MLP",
     "EncoderDecoderTransformer",
+    "LinearRecurrentClassifier",
+    "LinearRecurrentLM",
+    "LinearRecurrentTagger",
     "MaskedLanguageModel",
     "TransformerClassifier",
     "TransformerLM",
