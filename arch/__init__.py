@@ -4,7 +4,7 @@ import flax.linen as nn
 
 from arch.cnn import LeNet, ResNet
 from arch.encoder import MaskedLanguageModel, TransformerClassifier
-from arch.linear_recurrent import (
+from arch.linear_rnn import (
     LinearRecurrentClassifier,
     LinearRecurrentLM,
     LinearRecurrentTagger,

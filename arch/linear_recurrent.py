@@ -11,7 +11,7 @@ experiments/linear_scan_speed.py). The state is accumulated in float32 (complex6
 inputs) whatever the compute dtype.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -204,160 +204,101 @@ class MinLSTM(MinGRU):
         return f / total, i / total * candidate  # a_t = f'_t, b_t = i'_t * h~_t
 
 
-Mixer = Literal["lru", "mingru", "minlstm"]
-MIXERS: dict[str, type[nn.Module]] = {"lru": LRU, "mingru": MinGRU, "minlstm": MinLSTM}
+def delta_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """The bias whose softplus is log-uniform in [1e-3, 0.1]: inverse softplus of the steps."""
+    delta = jnp.exp(jax.random.uniform(key, shape, minval=jnp.log(1e-3), maxval=jnp.log(1e-1)))
+    return jnp.log(jnp.expm1(delta)).astype(dtype)  # softplus^-1(delta)
 
 
-class GatedMLP(nn.Module):
-    """The gated feed-forward block: W_o (gelu(W_g x) * W_u x)."""
+class SelectiveSSM(nn.Module):
+    """A selective state-space layer in the style of Mamba (Gu & Dao 2023). The input is
+    expanded to e = expand * d channels; a short causal depthwise convolution mixes neighbours;
+    then each channel c runs n diagonal states with an input-dependent step size and
+    projections:
+        delta_t = softplus(W_delta x_t + b)           [e]    (how far to move per token)
+        A = -exp(A_log)                               [e, n] (a fixed, stable diagonal)
+        h_t = exp(delta_t A) * h_{t-1} + delta_t B_t x_t     (B_t = W_B x_t [n], zero-order hold
+                                                              for A, Euler for B)
+        y_t = h_t C_t + D * x_t                       (C_t = W_C x_t [n])
+    and the output is gated by SiLU(z_t), a second projection of the input."""
 
     features: int
-    hidden_size: int
+    state_size: int = 16
+    expand: int = 2
+    conv_width: int = 4
     dtype: str = "float32"
     param_dtype: str = "float32"
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        gate = dense(self.hidden_size, "gate", self.dtype, self.param_dtype)(x)
-        up = dense(self.hidden_size, "up", self.dtype, self.param_dtype)(x)
-        return dense(self.features, "down", self.dtype, self.param_dtype)(nn.gelu(gate) * up)
-
-
-class LinearRecurrentBlock(nn.Module):
-    """A residual block: x + mixer(LayerNorm(x)), then x + GatedMLP(LayerNorm(x))."""
-
-    mixer: Mixer
-    features: int
-    state_size: int
-    ffn_hidden: int
-    scan: ScanMethod = "sequential"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
+    @property
+    def channels(self) -> int:
+        return self.expand * self.features
 
     def setup(self) -> None:
-        if self.mixer not in MIXERS:
-            raise ValueError(f"unknown mixer {self.mixer!r}; choose one of {sorted(MIXERS)}")
-        sizes = {"state_size": self.state_size} if self.mixer == "lru" else {}
-        sizes = sizes or {"hidden_size": self.state_size}
+        e, n = self.channels, self.state_size
         options = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        self.mix = MIXERS[self.mixer](self.features, **sizes, **options)
-        self.norms = [nn.LayerNorm(**options) for _ in range(2)]
-        self.mlp = GatedMLP(self.features, self.ffn_hidden, **options)
+        self.in_proj = dense(2 * e, "in_proj", use_bias=False, **options)  # x branch, gate z
+        dtype = self.param_dtype
+        self.conv = self.param(
+            "conv", nn.initializers.normal(self.conv_width**-0.5), (self.conv_width, e), dtype
+        )
+        self.conv_bias = self.param("conv_bias", nn.initializers.zeros_init(), (e,), dtype)
+        self.x_proj = dense(e + 2 * n, "x_proj", use_bias=False, **options)  # delta, B, C
+        self.a_log = self.param(
+            "a_log",
+            lambda key, shape, dtype: jnp.log(
+                jnp.broadcast_to(jnp.arange(1.0, n + 1), shape)
+            ).astype(dtype),
+            (e, n),
+            dtype,
+        )  # A = -(1, 2, ..., n) per channel, as S4D-real
+        self.delta_bias = self.param("delta_bias", delta_bias_init, (e,), dtype)
+        self.skip = self.param("skip", nn.initializers.ones_init(), (e,), dtype)
+        self.out_proj = dense(self.features, "out_proj", use_bias=False, **options)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.mix(self.norms[0](x), method=self.scan)  # [b, t, d]
-        return x + self.mlp(self.norms[1](x))
+    def coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [..., e] (after the convolution) -> (a = exp(delta A), b = delta B x [..., e, n],
+        C [..., n])."""
+        e, n = self.channels, self.state_size
+        delta, b, c = jnp.split(self.x_proj(x).astype(jnp.float32), [e, e + n], axis=-1)
+        delta = nn.softplus(delta + self.delta_bias)  # [..., e]
+        a = jnp.exp(delta[..., None] * -jnp.exp(self.a_log))  # exp(delta_t A), [..., e, n]
+        inputs = (delta * x.astype(jnp.float32))[..., None] * b[..., None, :]  # delta B_t x_t
+        return a, inputs, c
+
+    def read(self, h: jax.Array, c: jax.Array, x: jax.Array, z: jax.Array) -> jax.Array:
+        y = jnp.einsum("...en,...n->...e", h, c) + self.skip * x.astype(jnp.float32)  # h C + D x
+        return self.out_proj((y * nn.silu(z.astype(jnp.float32))).astype(self.dtype))
+
+    def __call__(self, x: jax.Array, method: ScanMethod = "sequential") -> jax.Array:
+        """x [b, t, d] -> [b, t, d]."""
+        batch, time, _ = x.shape
+        branch, z = jnp.split(self.in_proj(x), 2, axis=-1)  # [b, t, e] each
+        padded = jnp.pad(branch, ((0, 0), (self.conv_width - 1, 0), (0, 0)))  # causal: left
+        mixed = sum(
+            padded[:, k : k + time] * self.conv[k] for k in range(self.conv_width)
+        )  # depthwise causal convolution
+        branch = nn.silu(mixed + self.conv_bias)
+        a, inputs, c = self.coefficients(branch)  # [b, t, e, n]
+        shape = (batch, time, self.channels * self.state_size)
+        h = linear_scan(a.reshape(shape), inputs.reshape(shape), method=method)
+        return self.read(h.reshape(a.shape), c, branch, z)
 
     @nn.nowrap
-    def initial_state(self, batch: int) -> jax.Array:
-        sizes = {"state_size": self.state_size} if self.mixer == "lru" else {}
-        sizes = sizes or {"hidden_size": self.state_size}
-        return MIXERS[self.mixer](self.features, **sizes, parent=None).initial_state(batch)
+    def initial_state(self, batch: int) -> tuple[jax.Array, jax.Array]:
+        """(the last conv_width - 1 inputs of the convolution [b, w - 1, e], h [b, e, n])."""
+        e, n = self.channels, self.state_size
+        return (
+            jnp.zeros((batch, self.conv_width - 1, e), jnp.float32),
+            jnp.zeros((batch, e, n), jnp.float32),
+        )
 
-    def step(self, state: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x [b, d] -> (state, [b, d]): one position, a constant-size state."""
-        state, mixed = self.mix.step(state, self.norms[0](x))
-        x = x + mixed
-        return state, x + self.mlp(self.norms[1](x))
-
-
-class LinearRecurrentModel(nn.Module):
-    """Shared configuration and body of the linear-recurrence models: embedding (token ids) or
-    projection (features), `num_layers` residual blocks, final LayerNorm."""
-
-    num_outputs: int = 10
-    vocab_size: int | None = None
-    mixer: Mixer = "lru"
-    num_layers: int = 2
-    features: int = 64
-    state_size: int = 64
-    """n: the LRU's complex state, or minGRU / minLSTM's hidden width."""
-    ffn_hidden: int | None = None
-    """None: 2 * features."""
-    scan: ScanMethod = "sequential"
-    """Sequential measured faster on a 2-core CPU (experiments/linear_scan_speed.py); the
-    parallel scan gives the same numbers."""
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    def setup(self) -> None:
-        options = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        if self.vocab_size is not None:
-            self.embedding = nn.Embed(self.vocab_size, self.features, param_dtype=self.param_dtype)
-        self.projection = dense(self.features, "projection", **options)
-        self.blocks = [
-            LinearRecurrentBlock(
-                self.mixer,
-                self.features,
-                self.state_size,
-                self.ffn_hidden or 2 * self.features,
-                self.scan,
-                **options,
-            )
-            for _ in range(self.num_layers)
-        ]
-        self.final_norm = nn.LayerNorm(**options)
-        self.head = dense(self.num_outputs, "head", **options)
-
-    def embed(self, inputs: jax.Array) -> jax.Array:
-        """Token ids [b, t] -> [b, t, d]; features [b, t, f] -> [b, t, d]."""
-        if jnp.issubdtype(inputs.dtype, jnp.integer):
-            if self.vocab_size is None:
-                raise ValueError(
-                    f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
-                    "set --model.vocab-size"
-                )
-            return self.embedding(inputs)
-        if inputs.ndim != 3:
-            raise ValueError(
-                f"{type(self).__name__} expects token ids [batch, time] or features "
-                f"[batch, time, features], got shape {tuple(inputs.shape)}"
-            )
-        return self.projection(inputs)
-
-    def encode(self, inputs: jax.Array) -> jax.Array:
-        x = self.embed(inputs)
-        for block in self.blocks:
-            x = block(x)
-        return self.final_norm(x)  # [b, t, d]
-
-
-class LinearRecurrentClassifier(LinearRecurrentModel):
-    """Many-to-one: the last position's encoding -> logits / values (the recurrence is causal,
-    so the last position has read the whole sequence)."""
-
-    def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
-        return self.head(self.encode(inputs)[:, -1])  # [b, num_outputs]
-
-
-class LinearRecurrentTagger(LinearRecurrentModel):
-    """Many-to-many: an output at every position (copying, tagging, forecasting)."""
-
-    def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
-        return self.head(self.encode(inputs))  # [b, t, num_outputs]
-
-
-class LinearRecurrentLM(LinearRecurrentModel):
-    """Language model on linear recurrences: next-token logits at every step; decodes with a
-    constant-size state per layer (no cache that grows with the length)."""
-
-    num_outputs: int = 256
-    vocab_size: int | None = 256
-
-    def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
-        """Token ids [b, t] -> next-token logits [b, t, v]."""
-        return self.head(self.encode(inputs))
-
-    @nn.nowrap
-    def init_cache(self, batch_size: int, max_len: int | None = None) -> list[jax.Array]:
-        block = LinearRecurrentBlock(self.mixer, self.features, self.state_size, 1, parent=None)
-        return [block.initial_state(batch_size) for _ in range(self.num_layers)]
-
-    def decode_step(self, cache: list[jax.Array], tokens: jax.Array) -> tuple[jax.Array, list]:
-        """tokens [b] -> (next-token logits [b, v], the updated states)."""
-        x = self.embedding(tokens)  # [b, d]
-        states = []
-        for state, block in zip(cache, self.blocks, strict=True):
-            state, x = block.step(state, x)
-            states.append(state)
-        return self.head(self.final_norm(x)), states
+    def step(self, state: tuple, x: jax.Array) -> tuple[tuple, jax.Array]:
+        """x [b, d] -> (state, [b, d])."""
+        window, h = state
+        branch, z = jnp.split(self.in_proj(x), 2, axis=-1)  # [b, e]
+        window = jnp.concatenate([window, branch[:, None].astype(jnp.float32)], axis=1)
+        mixed = jnp.einsum("bwe,we->be", window, self.conv)  # the same causal convolution
+        branch = nn.silu(mixed + self.conv_bias)
+        a, inputs, c = self.coefficients(branch)  # [b, e, n]
+        h = linear_step(a, inputs, h)
+        return (window[:, 1:], h), self.read(h, c, branch, z)

@@ -13,12 +13,13 @@ import pytest
 from conftest import random_inputs
 
 from arch import MODELS
-from arch.linear_recurrent import LRU, LinearRecurrentLM, MinGRU, MinLSTM
+from arch.linear_recurrent import LRU, MinGRU, MinLSTM
+from arch.linear_rnn import LinearRecurrentLM
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import Adding
 
-MIXERS = ["lru", "mingru", "minlstm"]
+MIXERS = ["lru", "mingru", "minlstm", "mamba"]
 VOCAB, D, N = 11, 8, 4
 SMALL = dict(vocab_size=VOCAB, num_outputs=VOCAB, features=D, state_size=N, num_layers=2)
 
@@ -127,3 +128,10 @@ def test_hand_computed_parameter_count_of_the_default_language_model():
     model = MODELS["linear_rnn_lm"]()
     shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 4), np.int32))
     assert sum(leaf.size for leaf in jax.tree.leaves(shapes)) == expected == 116_608
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_every_parameter_follows_param_dtype(mixer):
+    model = LinearRecurrentLM(**SMALL, mixer=mixer, param_dtype="bfloat16")
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 4), np.int32))
+    assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype("bfloat16")}
