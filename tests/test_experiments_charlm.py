@@ -87,4 +87,3 @@ def test_samples_continue_the_prompts_and_are_scored_by_the_true_chain(smoke):
                 surprisal[:, within:].mean()
             )
             np.testing.assert_allclose(sample["source_bits_per_position"], surprisal.mean(0))
-

@@ -92,7 +92,6 @@ def test_samples_are_valid_tokens_scored_under_the_source(smoke):
         assert samples["sampled_source_bits_per_char"] == pytest.approx(np.mean(surprisal))
 
 
-
 def test_the_claim_needs_the_lstm():
     with pytest.raises(ValueError, match="must include lstm"):
         language_model.main(["--smoke", "--cells", "gru"])
