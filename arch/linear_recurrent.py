@@ -70,6 +70,21 @@ def linear_scan(
     return jnp.swapaxes(states, 0, 1)  # [b, t, n]
 
 
+def log_linear_scan(log_a: jax.Array, log_b: jax.Array) -> jax.Array:
+    """h_t = a_t * h_{t-1} + b_t from h_0 = 0 for POSITIVE a, b given by their logarithms
+    [b, t, n], computed in parallel in log space (Feng et al. 2024): with A_t = sum_{s<=t} log a_s,
+    h_t = exp(A_t + log sum_{s<=t} exp(log b_s - A_s)). No product of many gates is ever formed,
+    so nothing underflows; the price is a cancellation of two large terms (relative error about
+    |A_t| * 6e-8 in float32)."""
+    a_star = jnp.cumsum(log_a.astype(jnp.float32), axis=1)  # A_t
+    return jnp.exp(a_star + jax.lax.cumlogsumexp(log_b.astype(jnp.float32) - a_star, axis=1))
+
+
+def log_g(v: jax.Array) -> jax.Array:
+    """log g(v) for minGRU / minLSTM's positive candidate g(v) = v + 0.5 (v >= 0), sigmoid(v)."""
+    return jnp.where(v >= 0, jnp.log(nn.relu(v) + 0.5), -nn.softplus(-v))
+
+
 def linear_step(a: jax.Array, b: jax.Array, h: jax.Array) -> jax.Array:
     """One step for decoding: h_t = a_t * h_{t-1} + b_t, a, b, h [b, n]."""
     dtype = accumulation_dtype(a, b, h)
@@ -165,19 +180,36 @@ class MinGRU(nn.Module):
 
     features: int
     hidden_size: int = 128
+    log_space: bool = False
+    """The paper's log-space form: h~_t = g(W_h x_t) > 0, so every state is positive and the
+    parallel scan runs on logarithms (`log_linear_scan`); the sequential scan and decoding run
+    the same recurrence on the values."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
+    num_gates = 1
+
     def setup(self) -> None:
-        self.gates = dense(2 * self.hidden_size, "gates", self.dtype, self.param_dtype)
+        gates = (self.num_gates + 1) * self.hidden_size
+        self.gates = dense(gates, "gates", self.dtype, self.param_dtype)
         self.output = dense(self.features, "output", self.dtype, self.param_dtype)
 
+    def log_coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(log a_t, log b_t) of the log-space form: log(1 - z_t), log z_t + log g(h~_t)."""
+        z, candidate = jnp.split(self.gates(x).astype(jnp.float32), 2, axis=-1)
+        return -nn.softplus(z), -nn.softplus(-z) + log_g(candidate)
+
     def coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.log_space:
+            log_a, log_b = self.log_coefficients(x)
+            return jnp.exp(log_a), jnp.exp(log_b)
         z, candidate = jnp.split(self.gates(x).astype(jnp.float32), 2, axis=-1)
         z = nn.sigmoid(z)  # z_t = sigma(W_z x_t)
         return 1 - z, z * candidate  # a_t = 1 - z_t, b_t = z_t * h~_t
 
     def __call__(self, x: jax.Array, method: ScanMethod = "sequential") -> jax.Array:
+        if self.log_space and method == "parallel":
+            return self.output(log_linear_scan(*self.log_coefficients(x)))
         return self.output(linear_scan(*self.coefficients(x), method=method))
 
     @nn.nowrap
@@ -193,11 +225,18 @@ class MinLSTM(MinGRU):
     """minLSTM (Feng et al. 2024): f_t = sigma(W_f x_t), i_t = sigma(W_i x_t), normalised to sum to
     1, h_t = f'_t * h_{t-1} + i'_t * h~_t with f' = f / (f + i), i' = i / (f + i)."""
 
-    def setup(self) -> None:
-        self.gates = dense(3 * self.hidden_size, "gates", self.dtype, self.param_dtype)
-        self.output = dense(self.features, "output", self.dtype, self.param_dtype)
+    num_gates = 2
+
+    def log_coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        f, i, candidate = jnp.split(self.gates(x).astype(jnp.float32), 3, axis=-1)
+        log_f, log_i = -nn.softplus(-f), -nn.softplus(-i)  # log sigma
+        log_total = jnp.logaddexp(log_f, log_i)  # log(f + i)
+        return log_f - log_total, log_i - log_total + log_g(candidate)
 
     def coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.log_space:
+            log_a, log_b = self.log_coefficients(x)
+            return jnp.exp(log_a), jnp.exp(log_b)
         f, i, candidate = jnp.split(self.gates(x).astype(jnp.float32), 3, axis=-1)
         f, i = nn.sigmoid(f), nn.sigmoid(i)
         total = f + i

@@ -45,6 +45,7 @@ class LinearRecurrentBlock(nn.Module):
     state_size: int
     ffn_hidden: int
     scan: ScanMethod = "sequential"
+    log_space: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -61,10 +62,11 @@ class LinearRecurrentBlock(nn.Module):
         return x + self.mlp(self.norms[1](x))
 
     @nn.nowrap
-    def sizes(self) -> dict[str, int]:
-        """The mixer's state width under its own name."""
-        name = "hidden_size" if self.mixer in ("mingru", "minlstm") else "state_size"
-        return {name: self.state_size}
+    def sizes(self) -> dict[str, Any]:
+        """The mixer's state width under its own name (and minGRU / minLSTM's log_space)."""
+        if self.mixer in ("mingru", "minlstm"):
+            return {"hidden_size": self.state_size, "log_space": self.log_space}
+        return {"state_size": self.state_size}
 
     @nn.nowrap
     def initial_state(self, batch: int) -> Any:
@@ -91,6 +93,9 @@ class LinearRecurrentModel(nn.Module):
     states per channel (Mamba uses 16)."""
     ffn_hidden: int | None = None
     """None: 2 * features."""
+    log_space: bool = False
+    """minGRU / minLSTM: the paper's log-space form (positive candidates; the parallel scan on
+    logarithms)."""
     scan: ScanMethod = "sequential"
     """Sequential measured faster on a 2-core CPU (experiments/linear_scan_speed.py); the
     parallel scan gives the same numbers."""
@@ -109,6 +114,7 @@ class LinearRecurrentModel(nn.Module):
                 self.state_size,
                 self.ffn_hidden or 2 * self.features,
                 self.scan,
+                self.log_space,
                 **options,
             )
             for _ in range(self.num_layers)
@@ -167,7 +173,9 @@ class LinearRecurrentLM(LinearRecurrentModel):
 
     @nn.nowrap
     def init_cache(self, batch_size: int, max_len: int | None = None) -> list[jax.Array]:
-        block = LinearRecurrentBlock(self.mixer, self.features, self.state_size, 1, parent=None)
+        block = LinearRecurrentBlock(
+            self.mixer, self.features, self.state_size, 1, log_space=self.log_space, parent=None
+        )
         return [block.initial_state(batch_size) for _ in range(self.num_layers)]
 
     def decode_step(self, cache: list[jax.Array], tokens: jax.Array) -> tuple[jax.Array, list]:
