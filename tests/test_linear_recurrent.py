@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch.linear_recurrent import SCAN_METHODS, linear_scan, linear_step
+from arch.linear_recurrent import SCAN_METHODS, linear_scan, linear_step, resolve_method
 
 BATCH, WIDTH = 2, 4
 SHORT, LONG = 16, 4096
@@ -179,3 +179,9 @@ def test_unroll_changes_no_number_beyond_rounding(unroll, complex_):
     for name, u, r in zip(("h", "d/da", "d/db", "d/dinitial"), unrolled, reference, strict=True):
         atol = 8 * EPSILON * float(jnp.max(jnp.abs(r)))
         np.testing.assert_allclose(u, r, rtol=0, atol=atol, err_msg=name)
+
+
+def test_auto_picks_the_scan_measured_faster_on_this_backend():
+    expected = "sequential" if jax.default_backend() == "cpu" else "parallel"
+    assert resolve_method("auto") == expected
+    assert resolve_method("parallel") == "parallel"
