@@ -50,7 +50,6 @@ machine the spread grows to ~35% and PyTorch's OpenMP threads stall: compare qui
 import dataclasses
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -303,7 +302,6 @@ class Step:
     first_call_seconds: float
     check: dict[str, np.ndarray]
     """What the first call computed, for the cross-check: outputs, or the input gradient."""
-    calls_per_sample: int = 1
 
 
 def prepare_jax(impl: Implementation, mode: str, inputs: np.ndarray) -> Step:
@@ -351,13 +349,6 @@ def prepare_torch(torch: Any, impl: Implementation, mode: str, inputs: np.ndarra
     return Step(call, None, first, check)
 
 
-def time_once(call: Callable[[], Any], times: int = 1) -> float:
-    start = time.perf_counter()
-    for _ in range(times):
-        call()
-    return (time.perf_counter() - start) / times
-
-
 def difference(check: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
     """Outputs: max |a - b|; input gradients (mean-of-squares loss: ~1e-7): relative to max |b|."""
     (kind, value), expected = next(iter(check.items())), next(iter(reference.values()))
@@ -377,25 +368,18 @@ def measure(config: Config, cell_name: str, length: int, impls: list, torch: Any
                 step = prepare_torch(torch, impl, mode, inputs)
             else:
                 step = prepare_jax(impl, mode, inputs)
-            warm = time_once(step.call)
-            step.calls_per_sample = max(1, math.ceil(config.min_sample_seconds / warm))
             kind = next(iter(step.check))
             reference = references.setdefault((impl.function, kind), step.check)
             differences.setdefault(impl.name, {})[kind] = difference(step.check, reference)
             step.check = {}
             steps[impl.name, mode] = step
-    keys = list(steps)
-    samples: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
-    for repeat in range(config.repeats):
-        shift = repeat * len(keys) // config.repeats  # each pass starts somewhere else
-        for key in keys[shift:] + keys[:shift]:
-            step = steps[key]
-            samples[key].append(time_once(step.call, step.calls_per_sample))
+    calls = {key: step.call for key, step in steps.items()}
+    timings = bench.time_round_robin(calls, config.repeats, config.min_sample_seconds)
     rows = []
     tokens, load = config.batch * length, os.getloadavg()[0]
     for impl in impls:
         for mode in MODES:
-            step, seconds = steps[impl.name, mode], samples[impl.name, mode]
+            step, timing = steps[impl.name, mode], timings[impl.name, mode]
             rows.append(
                 {
                     "cell": cell_name,
@@ -404,13 +388,9 @@ def measure(config: Config, cell_name: str, length: int, impls: list, torch: Any
                     "implementation": impl.name,
                     "family": impl.family,
                     "function": impl.function,
-                    "tokens_per_second": {
-                        "median": tokens / statistics.median(seconds),
-                        "min": tokens / max(seconds),
-                        "max": tokens / min(seconds),
-                    },
-                    "seconds": seconds,
-                    "calls_per_sample": step.calls_per_sample,
+                    "tokens_per_second": timing.rate(tokens),
+                    "seconds": list(timing.samples),
+                    "calls_per_sample": timing.calls_per_sample,
                     "compile_seconds": step.compile_seconds,
                     "first_call_seconds": step.first_call_seconds,
                     "load_average": load,  # 1 minute, when these samples ended
