@@ -46,6 +46,7 @@ class LinearRecurrentBlock(nn.Module):
     ffn_hidden: int
     scan: ScanMethod = "auto"
     log_space: bool = False
+    expand: int = 2
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -66,6 +67,8 @@ class LinearRecurrentBlock(nn.Module):
         """The mixer's state width under its own name (and minGRU / minLSTM's log_space)."""
         if self.mixer in ("mingru", "minlstm"):
             return {"hidden_size": self.state_size, "log_space": self.log_space}
+        if self.mixer == "mamba":
+            return {"state_size": self.state_size, "expand": self.expand}
         return {"state_size": self.state_size}
 
     @nn.nowrap
@@ -96,6 +99,8 @@ class LinearRecurrentModel(nn.Module):
     log_space: bool = False
     """minGRU / minLSTM: the paper's log-space form (positive candidates; the parallel scan on
     logarithms)."""
+    expand: int = 2
+    """Mamba: channels per model unit (e = expand * d)."""
     scan: ScanMethod = "auto"
     """"auto": sequential on CPU, where it measured 1.6-2.1x faster than the associative scan
     (experiments/linear_scan_speed.py), parallel on accelerators; both give the same numbers."""
@@ -115,6 +120,7 @@ class LinearRecurrentModel(nn.Module):
                 self.ffn_hidden or 2 * self.features,
                 self.scan,
                 self.log_space,
+                self.expand,
                 **options,
             )
             for _ in range(self.num_layers)
@@ -174,7 +180,13 @@ class LinearRecurrentLM(LinearRecurrentModel):
     @nn.nowrap
     def init_cache(self, batch_size: int, max_len: int | None = None) -> list[jax.Array]:
         block = LinearRecurrentBlock(
-            self.mixer, self.features, self.state_size, 1, log_space=self.log_space, parent=None
+            self.mixer,
+            self.features,
+            self.state_size,
+            1,
+            log_space=self.log_space,
+            expand=self.expand,
+            parent=None,
         )
         return [block.initial_state(batch_size) for _ in range(self.num_layers)]
 

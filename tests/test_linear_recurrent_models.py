@@ -182,3 +182,14 @@ def test_min_gru_log_space_candidate_is_positive_g():
     a, b = layer.apply(variables, x, method=layer.coefficients)
     np.testing.assert_allclose(a, 1 - z, rtol=1e-5)
     np.testing.assert_allclose(b, z * g, rtol=1e-5)
+
+
+def test_mamba_expand_sets_its_channels_and_decoding_follows():
+    tokens = np.random.default_rng(5).integers(0, VOCAB, (2, 6)).astype(np.int32)
+    model = LinearRecurrentLM(**SMALL, mixer="mamba", expand=3)
+    variables = model.init(jax.random.key(0), tokens)
+    assert variables["params"]["blocks_0"]["mix"]["conv"].shape == (4, 3 * D)  # [w, e]
+    window, h = model.init_cache(2)[0]
+    assert window.shape == (2, 3, 3 * D) and h.shape == (2, 3 * D, N)
+    logits, _ = model.apply(variables, model.init_cache(2), tokens[:, 0], method=model.decode_step)
+    chex.assert_trees_all_close(logits, model.apply(variables, tokens[:, :1])[:, 0], atol=1e-5)
