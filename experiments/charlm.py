@@ -187,7 +187,7 @@ def train_model(name: str, model: Any, task: MarkovLanguage, config: Config, out
     )
     result = fit(model, task, optim, run)
     test_bits = result.summary["final"]["test"]["bits_per_char"]
-    curve = [(h["step"], h["bits_per_char"]) for h in result.history if h["split"] == "validation"]
+    curve = result.curve("bits_per_char")
     return {
         "model": name,
         "parameters": result.summary["parameters"],

@@ -76,9 +76,7 @@ def train_model(name: str, model, task, config: Config, out: str) -> dict:
         )
         runs.append(fit(model, task, optim, run))
     test = np.array([r.summary["final"]["test"]["accuracy"] for r in runs])
-    curves = [
-        [(h["step"], h["accuracy"]) for h in r.history if h["split"] == "validation"] for r in runs
-    ]
+    curves = [r.curve("accuracy") for r in runs]
     return {
         "model": name,
         "parameters": runs[0].summary["parameters"],

@@ -159,7 +159,7 @@ def train_model(cell: str, task: MarkovLanguage, config: Config, out: str) -> di
     )
     result = fit(model, task, optim, run)
     test_bits = result.summary["final"]["test"]["bits_per_char"]
-    curve = [(h["step"], h["bits_per_char"]) for h in result.history if h["split"] == "validation"]
+    curve = result.curve("bits_per_char")
     return {
         "model": cell,
         "parameters": result.summary["parameters"],

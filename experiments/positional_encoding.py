@@ -180,10 +180,7 @@ def train_model(name: TaskName, positional: Positional, task, config: Config, ou
         [r.summary["final"][split].get(key, np.nan) for r in results]
     )
     test, whole = final("test", "accuracy"), final("test", "sequence_accuracy")
-    curves = [
-        [(h["step"], h["accuracy"]) for h in r.history if h["split"] == "validation"]
-        for r in results
-    ]
+    curves = [r.curve("accuracy") for r in results]
     positions = [per_position_accuracy(r, task) for r in results]
     mean_of = lambda key: float(np.mean([r.summary[key] for r in results]))
     return {

@@ -135,9 +135,7 @@ def train_model(name: str, model: Any, task: Any, config: Config, out: str) -> d
         for seed in config.seeds
     ]
     test = np.array([r.summary["final"]["test"]["accuracy"] for r in runs])
-    curves = [
-        [(h["step"], h["accuracy"]) for h in r.history if h["split"] == "validation"] for r in runs
-    ]
+    curves = [r.curve("accuracy") for r in runs]
     mean_of = lambda key: float(np.mean([r.summary[key] for r in runs]))
     return {
         "model": name,

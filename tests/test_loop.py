@@ -9,7 +9,7 @@ import pytest
 
 from arch import MLP, MODELS, LeNet, Perceptron
 from train.__main__ import main
-from train.loop import NonFiniteError, RunConfig, adapt_model, fit
+from train.loop import FitResult, NonFiniteError, RunConfig, adapt_model, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Digits, Xor
 
@@ -256,3 +256,14 @@ def test_quiet_run_config_for_studies():
     assert RunConfig.quiet(10, seed=3, log_every=2) == RunConfig(
         steps=10, eval_every=10, log_every=2, seed=3, progress="off", tensorboard=False
     )
+
+
+def test_fit_result_curve_lists_a_metric_at_every_evaluation_of_a_split():
+    history = [
+        {"split": "train", "step": 1, "loss": 2.0},
+        {"split": "validation", "step": 1, "loss": 1.5},
+        {"split": "validation", "step": 2, "loss": 1.0},
+    ]
+    result = FitResult(model=None, state=None, summary={}, history=history)
+    assert result.curve("loss") == [(1, 1.5), (2, 1.0)]
+    assert result.curve("loss", split="train") == [(1, 2.0)]

@@ -87,6 +87,10 @@ class FitResult:
     summary: dict[str, Any]
     history: list[dict[str, Any]]
 
+    def curve(self, metric: str, split: str = "validation") -> list[tuple[int, float]]:
+        """(step, value) of `metric` at every evaluation of `split`, in order."""
+        return [(h["step"], h[metric]) for h in self.history if h["split"] == split]
+
 
 def module_config(model: nn.Module) -> dict[str, Any]:
     """A Module's configuration: its dataclass fields, without Flax's parent and name."""
