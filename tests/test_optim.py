@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from train.loop import check_freeze_patterns
 from train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 
 NUM_UPDATES = 5
@@ -167,6 +168,30 @@ def test_freeze_keeps_matching_parameters():
     )
 
 
+def test_lr_scale_is_a_per_parameter_learning_rate():
+    """Adam at lr with the bias scaled by 0.1 == Adam at lr for the kernel and at 0.1 lr for
+    the bias (Adam's update is lr times a direction that does not depend on lr)."""
+    config = OptimConfig(name="adam", lr=0.01, lr_scale=(("bias", 0.1), ("dense", 1.0)))
+    ours = run_updates(make_optimizer(config, NUM_UPDATES))
+    chex.assert_trees_all_close(
+        ours["dense"]["kernel"], run_updates(optax.adam(0.01))["dense"]["kernel"], rtol=1e-6
+    )
+    chex.assert_trees_all_close(
+        ours["dense"]["bias"], run_updates(optax.adam(0.001))["dense"]["bias"], rtol=1e-6
+    )
+
+
+def test_check_patterns_names_a_pattern_that_matches_nothing():
+    params = initial_params()
+    check_freeze_patterns(params, OptimConfig(lr_scale=(("kernel", 0.5),)))  # matches: fine
+    with pytest.raises(ValueError, match=r"optim\.lr_scale pattern 'kernal' matches no param"):
+        check_freeze_patterns(params, OptimConfig(lr_scale=(("kernal", 0.5),)))
+    with pytest.raises(ValueError, match=r"optim\.freeze pattern 'bais' matches no parameter"):
+        check_freeze_patterns(params, OptimConfig(freeze=("bais",)))
+    with pytest.raises(ValueError, match=r"freezes every parameter"):
+        check_freeze_patterns(params, OptimConfig(freeze=("dense",)))
+
+
 def test_cosine_schedule_with_warmup_matches_optax_and_hand_values():
     lr, warmup, total, ratio = 0.1, 10, 100, 0.1
     config = OptimConfig(lr=lr, schedule="cosine", warmup_steps=warmup, min_lr_ratio=ratio)
@@ -258,6 +283,8 @@ def test_accumulate_averages_gradients_and_schedules_per_update():
         ({"warmup_steps": -1}, r"optim\.warmup_steps must be >= 0"),
         ({"min_lr_ratio": 1.5}, r"optim\.min_lr_ratio must be in \[0, 1\]"),
         ({"clip_norm": 0.0}, r"optim\.clip_norm must be > 0"),
+        ({"lr_scale": (("nu", 0.0),)}, r"optim\.lr_scale factor for 'nu' must be > 0"),
+        ({"lr_scale": (("nu(", 0.5),)}, r"optim\.lr_scale pattern 'nu\(' is not a regular"),
     ],
 )
 def test_bad_config_raises_naming_the_field(fields, message):

@@ -152,16 +152,20 @@ def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
 
 
 def check_freeze_patterns(params: Any, optim: OptimConfig) -> None:
-    if not optim.freeze:
+    """Every optim.freeze / optim.lr_scale pattern must match a parameter (a typo would
+    otherwise change nothing, silently), and freezing must leave something to train."""
+    patterns = [("optim.freeze", p) for p in optim.freeze]
+    patterns += [("optim.lr_scale", p) for p, _ in optim.lr_scale]
+    if not patterns:
         return
     paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    labels = jax.tree.leaves(frozen_labels(params, optim.freeze))
-    for pattern in optim.freeze:
+    for option, pattern in patterns:
         if not any(re.search(pattern, p) for p in paths):
             raise ValueError(
-                f"optim.freeze pattern {pattern!r} matches no parameter; the parameters are {paths}"
+                f"{option} pattern {pattern!r} matches no parameter; the parameters are {paths}"
             )
-    if all(label == "frozen" for label in labels):
+    labels = jax.tree.leaves(frozen_labels(params, optim.freeze))
+    if optim.freeze and all(label == "frozen" for label in labels):
         raise ValueError(
             f"optim.freeze {optim.freeze} freezes every parameter; nothing would train"
         )

@@ -1,7 +1,8 @@
 """The optimizer from a config, built entirely from optax transformations.
 
 clip (global norm) -> weight decay -> SGD / momentum / Adam / AdamW with a schedule
-wrapped in optax.MultiSteps for gradient accumulation, and optax.multi_transform to freeze.
+-> per-parameter learning-rate factors, wrapped in optax.MultiSteps for gradient accumulation
+and optax.multi_transform to freeze.
 """
 
 import dataclasses
@@ -40,6 +41,10 @@ class OptimConfig:
     """Average the gradients of this many train steps (micro-batches) before each update."""
     freeze: tuple[str, ...] = ()
     """Regular expressions; parameters whose path (e.g. 'conv_0/kernel') matches one stay fixed."""
+    lr_scale: tuple[tuple[str, float], ...] = ()
+    """(regular expression, factor) pairs: parameters whose path matches train at factor * lr
+    (the first matching pair wins), e.g. (("nu_log|theta_log", 0.5),) for the LRU paper's
+    slower recurrence parameters."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,6 +73,15 @@ class OptimConfig:
                 problems.append(
                     f"optim.freeze pattern {pattern!r} is not a regular expression: {e}"
                 )
+        for pattern, factor in self.lr_scale:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                problems.append(
+                    f"optim.lr_scale pattern {pattern!r} is not a regular expression: {e}"
+                )
+            if not factor > 0:
+                problems.append(f"optim.lr_scale factor for {pattern!r} must be > 0, got {factor}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -101,6 +115,23 @@ def frozen_labels(params, patterns: tuple[str, ...]):
     )
 
 
+def scale_by_path(rules: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+    """Multiply each update by the factor of the first rule whose pattern matches its path
+    (1 where none does): after the optimizer this is a per-parameter learning rate."""
+    compiled = [(re.compile(p), f) for p, f in rules]
+
+    def factor(path) -> float:
+        name = param_path(path)
+        return next((f for c, f in compiled if c.search(name)), 1.0)
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(lambda k, u: u * factor(k), updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def decay_mask(params):
     """Weight decay applies to matrices and kernels, not to biases and norm scales."""
     return jax.tree.map(lambda p: p.ndim > 1, params)
@@ -132,6 +163,8 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
             parts.append(optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
         else:
             parts.append(optax.adam(schedule, config.b1, config.b2, config.eps))
+    if config.lr_scale:
+        parts.append(scale_by_path(config.lr_scale))
     tx = optax.chain(*parts)
     if config.freeze:
         tx = optax.multi_transform(
