@@ -252,6 +252,45 @@ class MinLSTM(MinGRU):
         return f / total, i / total * candidate  # a_t = f'_t, b_t = i'_t * h~_t
 
 
+def selective_scan(
+    delta: jax.Array,
+    a: jax.Array,
+    x: jax.Array,
+    b: jax.Array,
+    c: jax.Array,
+    *,
+    method: ScanMethod = "auto",
+) -> jax.Array:
+    """Mamba's recurrence, n states per channel: h_t = exp(delta_t A) * h_{t-1} + delta_t x_t B_t,
+    y_t = h_t C_t, from h_0 = 0. delta, x [b, t, e], A [e, n], B, C [b, t, n] -> y [b, t, e]
+    (float32).
+
+    "sequential" forms exp(delta_t A) and delta_t x_t B_t inside the loop, one step at a time,
+    so the [b, t, e, n] coefficients are never materialised: 5x faster forward and 1.6x faster
+    forward + backward than materialising them on a 2-core CPU (b 32, t 200, e 48, n 16).
+    "parallel" needs them all at once for the associative scan."""
+    delta, x, b, c = (v.astype(jnp.float32) for v in (delta, x, b, c))
+    a = a.astype(jnp.float32)
+    dx = delta * x  # delta_t x_t [b, t, e]
+    if resolve_method(method) == "parallel":
+        batch, time, e = x.shape
+        shape = (batch, time, e * a.shape[-1])
+        coefficient = jnp.exp(delta[..., None] * a).reshape(shape)  # exp(delta_t A)
+        inputs = (dx[..., None] * b[..., None, :]).reshape(shape)  # delta_t x_t B_t
+        h = linear_scan(coefficient, inputs, method="parallel").reshape(*x.shape, -1)
+        return jnp.einsum("bten,btn->bte", h, c)
+
+    def step(h: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        delta_t, dx_t, b_t, c_t = inputs  # [b, e], [b, e], [b, n], [b, n]
+        h = jnp.exp(delta_t[..., None] * a) * h + dx_t[..., None] * b_t[:, None, :]
+        return h, jnp.einsum("ben,bn->be", h, c_t)
+
+    time_major = tuple(jnp.swapaxes(v, 0, 1) for v in (delta, dx, b, c))
+    h0 = jnp.zeros((x.shape[0], *a.shape), jnp.float32)
+    _, ys = jax.lax.scan(step, h0, time_major)
+    return jnp.swapaxes(ys, 0, 1)
+
+
 def delta_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
     """The bias whose softplus is log-uniform in [1e-3, 0.1]: inverse softplus of the steps."""
     delta = jnp.exp(jax.random.uniform(key, shape, minval=jnp.log(1e-3), maxval=jnp.log(1e-1)))
@@ -303,33 +342,33 @@ class SelectiveSSM(nn.Module):
         self.skip = self.param("skip", nn.initializers.ones_init(), (e,), dtype)
         self.out_proj = dense(self.features, "out_proj", use_bias=False, **options)
 
-    def coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """x [..., e] (after the convolution) -> (a = exp(delta A), b = delta B x [..., e, n],
-        C [..., n])."""
+    def projections(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [..., e] (after the convolution) -> (delta [..., e], B [..., n], C [..., n]),
+        float32."""
         e, n = self.channels, self.state_size
         delta, b, c = jnp.split(self.x_proj(x).astype(jnp.float32), [e, e + n], axis=-1)
-        delta = nn.softplus(delta + self.delta_bias)  # [..., e]
-        a = jnp.exp(delta[..., None] * -jnp.exp(self.a_log))  # exp(delta_t A), [..., e, n]
-        inputs = (delta * x.astype(jnp.float32))[..., None] * b[..., None, :]  # delta B_t x_t
-        return a, inputs, c
+        return nn.softplus(delta + self.delta_bias), b, c
 
-    def read(self, h: jax.Array, c: jax.Array, x: jax.Array, z: jax.Array) -> jax.Array:
-        y = jnp.einsum("...en,...n->...e", h, c) + self.skip * x.astype(jnp.float32)  # h C + D x
+    def state_matrix(self) -> jax.Array:
+        return -jnp.exp(self.a_log.astype(jnp.float32))  # A [e, n], negative: stable
+
+    def gate(self, y: jax.Array, x: jax.Array, z: jax.Array) -> jax.Array:
+        """(y + D x) * SiLU(z), projected back to d: y, x, z [..., e] -> [..., d]."""
+        y = y + self.skip * x.astype(jnp.float32)
         return self.out_proj((y * nn.silu(z.astype(jnp.float32))).astype(self.dtype))
 
     def __call__(self, x: jax.Array, method: ScanMethod = "auto") -> jax.Array:
         """x [b, t, d] -> [b, t, d]."""
-        batch, time, _ = x.shape
+        time = x.shape[1]
         branch, z = jnp.split(self.in_proj(x), 2, axis=-1)  # [b, t, e] each
         padded = jnp.pad(branch, ((0, 0), (self.conv_width - 1, 0), (0, 0)))  # causal: left
         mixed = sum(
             padded[:, k : k + time] * self.conv[k] for k in range(self.conv_width)
         )  # depthwise causal convolution
         branch = nn.silu(mixed + self.conv_bias)
-        a, inputs, c = self.coefficients(branch)  # [b, t, e, n]
-        shape = (batch, time, self.channels * self.state_size)
-        h = linear_scan(a.reshape(shape), inputs.reshape(shape), method=method)
-        return self.read(h.reshape(a.shape), c, branch, z)
+        delta, b, c = self.projections(branch)
+        y = selective_scan(delta, self.state_matrix(), branch, b, c, method=method)
+        return self.gate(y, branch, z)
 
     @nn.nowrap
     def initial_state(self, batch: int) -> tuple[jax.Array, jax.Array]:
@@ -347,6 +386,8 @@ class SelectiveSSM(nn.Module):
         window = jnp.concatenate([window, branch[:, None].astype(jnp.float32)], axis=1)
         mixed = jnp.einsum("bwe,we->be", window, self.conv)  # the same causal convolution
         branch = nn.silu(mixed + self.conv_bias)
-        a, inputs, c = self.coefficients(branch)  # [b, e, n]
-        h = linear_step(a, inputs, h)
-        return (window[:, 1:], h), self.read(h, c, branch, z)
+        delta, b, c = self.projections(branch)  # [b, e], [b, n], [b, n]
+        a = jnp.exp(delta[..., None] * self.state_matrix())  # exp(delta_t A) [b, e, n]
+        h = linear_step(a, (delta * branch)[..., None] * b[:, None, :], h)
+        y = jnp.einsum("ben,bn->be", h, c)  # C_t h_t
+        return (window[:, 1:], h), self.gate(y, branch, z)
