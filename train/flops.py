@@ -46,7 +46,7 @@ REDUCTION = {
 FREE = {
     "reshape", "broadcast_in_dim", "squeeze", "expand_dims", "transpose", "slice",
     "dynamic_slice", "dynamic_update_slice", "gather", "scatter", "concatenate", "pad", "rev",
-    "convert_element_type", "bitcast_convert_type", "iota", "copy", "copy_p", "select_and_gather_add",
+    "convert_element_type", "bitcast_convert_type", "iota", "copy", "copy_p",
     "stop_gradient", "random_bits", "random_seed", "random_wrap", "random_unwrap", "threefry2x32",
     "shift_left", "shift_right_logical", "shift_right_arithmetic", "sort", "top_k", "split",
     "sharding_constraint", "device_put", "optimization_barrier", "pjit_sharding", "mesh_cast",
