@@ -1,11 +1,14 @@
-"""Measuring: compile time, step time side by side, FLOPs from XLA's cost analysis, memory,
-and the device's matmul peak to express FLOP/s as a utilisation.
+"""Measuring: compile time, step time side by side, FLOPs (counted from the jaxpr, loops
+included: train/flops.py; and XLA's own cost analysis), memory (XLA's memory analysis of the
+compiled program and the device's measured peak), and the device's peak FLOP/s to express
+achieved FLOP/s as a utilisation. `profile` does all of it for one jitted function.
 
 Times on a shared machine are noisy: compare implementations timed round-robin in one process
 (`time_round_robin`), report medians with their spread, and prefer ratios to absolute times.
 """
 
 import dataclasses
+import importlib.metadata
 import math
 import os
 import platform
@@ -17,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from train import flops as flop_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +160,109 @@ def torch_matmul_peak(torch: Any, size: int = 2048, repeats: int = 5) -> dict[st
     a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
     timing = time_round_robin({"matmul": lambda: a @ b}, repeats)
     return {"size": size, "dtype": "float32", **timing["matmul"].rate(2.0 * size**3)}
+
+
+# Dense (no sparsity) peak FLOP/s per device from the vendors' data sheets. float32 on NVIDIA
+# Ampere and later is the TF32 tensor-core rate: XLA's default precision for float32 products
+# there. Keys are matched as substrings of `device.device_kind`, longest first.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},
+    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12},
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},  # SXM
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
+    "L40S": {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12},
+    "L4": {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12},
+    "A10G": {"bfloat16": 70e12, "float16": 70e12, "float32": 35e12},
+    "V100": {"float16": 125e12, "float32": 15.7e12},
+    "T4": {"float16": 65e12, "float32": 8.1e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},
+}
+_measured_peaks: dict[tuple[str, str], float] = {}
+
+
+def peak_flops(dtype: str = "float32", device: Any = None) -> dict[str, Any]:
+    """{"flops_per_second", "source"}: the data-sheet peak of a known GPU / TPU, else (CPU, or a
+    device not in PEAK_FLOPS) the measured rate of a square matrix product in `dtype`."""
+    device = device or jax.devices()[0]
+    kind = getattr(device, "device_kind", "")
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key in kind and dtype in PEAK_FLOPS[key]:
+            return {"flops_per_second": PEAK_FLOPS[key][dtype], "source": f"data sheet ({key})"}
+    cache_key = (f"{device.platform}:{kind}", dtype)
+    if cache_key not in _measured_peaks:
+        _measured_peaks[cache_key] = matmul_peak(dtype=dtype, device=device)["median"]
+    return {
+        "flops_per_second": _measured_peaks[cache_key],
+        "source": f"measured {dtype} 2048^3 matmul on this device",
+    }
+
+
+def device_memory(device: Any = None) -> dict[str, int]:
+    """The device allocator's own figures where the backend reports them (GPU, TPU): bytes in
+    use now and the process's peak so far (a high-water mark: it never goes down). {} on CPU."""
+    device = device or jax.devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 (backends without allocator statistics)
+        return {}
+    return {k: int(stats[k]) for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats}
+
+
+def versions() -> dict[str, str]:
+    """The device and the versions that produced a measurement."""
+    return {
+        "device": device_description(),
+        "backend": jax.default_backend(),
+        "device_count": str(jax.device_count()),
+        **{name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
+        "python": platform.python_version(),
+    }
+
+
+def profile(
+    function: Callable,
+    *args: Any,
+    amount: float = 1.0,
+    carry: bool = False,
+    peak: dict[str, Any] | None = None,
+    repeats: int = 5,
+    min_sample_seconds: float = 0.2,
+) -> dict[str, Any]:
+    """Everything measured about one jitted `function(*args)`: compile seconds (apart from run
+    time), median / min / max seconds per call after a warm-up, `amount` per second (e.g.
+    tokens), FLOPs counted from the jaxpr (loops included) and XLA's own count (loop bodies
+    once), XLA's memory analysis, the device's measured memory, and utilisation = counted
+    FLOPs / median time / `peak` (default `peak_flops()` in float32).
+
+    carry: the call's first output is its next first argument (a train step whose state is
+    donated, or a decoding loop), so every timed call sees fresh buffers."""
+    compiled, compile_seconds = compile_timed(function, *args)
+    counted = flop_count.count(function, *args)
+    state = {"args": args}
+
+    def call() -> None:
+        out = compiled(*state["args"])
+        jax.block_until_ready(out)
+        if carry:
+            state["args"] = (out[0], *state["args"][1:])
+
+    timing = time_round_robin({"call": call}, repeats, min_sample_seconds)["call"]
+    peak = peak or peak_flops()
+    achieved = counted.flops / timing.median
+    return {
+        "compile_s": compile_seconds,
+        "seconds": {"median": timing.median, "min": timing.min, "max": timing.max},
+        "per_second": timing.rate(amount),
+        "flops": counted.flops,
+        "transcendentals": counted.transcendentals,
+        "uncounted": dict(counted.uncounted),
+        "xla_cost": cost(compiled),
+        "memory": memory(compiled),
+        "device_memory": device_memory(),
+        "flops_per_second": achieved,
+        "utilisation": achieved / peak["flops_per_second"],
+        "peak": peak,
+    }

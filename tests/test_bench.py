@@ -1,0 +1,56 @@
+"""train/bench.py: the measurement harness reports what it says it does (no timing asserts)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from train import bench
+
+
+def test_profile_reports_counts_memory_and_a_consistent_utilisation():
+    x = jnp.ones((128, 128))
+    peak = {"flops_per_second": 1e12, "source": "given"}
+    result = bench.profile(
+        lambda a: jnp.tanh(a @ a), x, amount=128, peak=peak, repeats=2, min_sample_seconds=0.01
+    )
+    assert result["flops"] == 2 * 128**3 and result["transcendentals"] == 128 * 128
+    assert result["xla_cost"]["flops"] == pytest.approx(2 * 128**3, rel=0.01)
+    assert result["memory"]["argument"] == result["memory"]["output"] == 128 * 128 * 4
+    s = result["seconds"]
+    assert 0 < s["min"] <= s["median"] <= s["max"] and result["compile_s"] > 0
+    assert result["per_second"]["median"] == pytest.approx(128 / s["median"])
+    assert result["utilisation"] == pytest.approx(2 * 128**3 / s["median"] / 1e12)
+
+
+def test_profile_carry_threads_a_donated_state_through_the_calls():
+    step = jax.jit(lambda state, x: (state + x, state.sum()), donate_argnums=0)
+    result = bench.profile(
+        step,
+        jnp.zeros(4),
+        jnp.ones(4),
+        carry=True,
+        repeats=2,
+        min_sample_seconds=0.01,
+        peak={"flops_per_second": 1.0, "source": ""},
+    )
+    assert result["flops"] == 4 + 4  # one add, one 4-element sum
+
+
+def test_peak_flops_uses_the_data_sheet_for_known_devices_and_measures_otherwise():
+    class FakeH100:
+        platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
+
+    class FakePCIe:
+        platform, device_kind = "gpu", "NVIDIA H100 PCIe"
+
+    assert bench.peak_flops("bfloat16", FakeH100())["flops_per_second"] == 989e12
+    assert bench.peak_flops("bfloat16", FakePCIe())["flops_per_second"] == 756e12  # longest key
+    measured = bench.peak_flops("float32")  # this CPU: not in the table
+    assert measured["source"].startswith("measured") and measured["flops_per_second"] > 1e8
+
+
+def test_versions_and_device_memory_are_reported():
+    info = bench.versions()
+    assert info["jax"] == jax.__version__ and info["backend"] == jax.default_backend()
+    memory = bench.device_memory()
+    assert set(memory) <= {"bytes_in_use", "peak_bytes_in_use"}  # {} on CPU
