@@ -6,10 +6,13 @@ width, s source positions (seq2seq).
 One function, `dot_product_attention`, computes softmax(q k^T / sqrt(e) + masks) v with
 interchangeable kernels that must give the same numbers (tests/test_attention.py):
 - "einsum": the reference, two einsums and a float32 softmax (stores the [b, h, q, k] scores);
-- "xla": `jax.nn.dot_product_attention`, which picks cuDNN's flash attention on a GPU when the
-  dtype and shapes allow and XLA's own fusion elsewhere;
+- "xla": `jax.nn.dot_product_attention` with its default implementation (XLA's own fusion);
+- "cudnn": the same function forced onto cuDNN's fused flash attention (NVIDIA GPUs, float16 /
+  bfloat16, head width <= 128 and a multiple of 8; an error elsewhere);
 - "blockwise": ours in pure JAX (arch/blockwise_attention.py): online softmax over blocks of
-  keys and a backward pass that recomputes the scores, so memory grows as q + k, not q * k.
+  keys and a backward pass that recomputes the scores, so memory grows as q + k, not q * k;
+- "auto": the fast path the backend offers, chosen per call by `choose_kernel`: cuDNN on a
+  GPU in half precision, else blockwise for long sequences, else einsum.
 Masks are a key padding mask [b, k] (True: attend) and / or the causal mask (query i sees keys
 j <= i). Masked scores are set to the most negative float32 before the softmax, so a query
 whose keys are all masked averages every value (padded queries carry no loss anyway).
@@ -24,9 +27,22 @@ import jax.numpy as jnp
 from arch.blockwise_attention import blockwise_attention
 from arch.layers import RowDense
 
-Kernel = Literal["einsum", "xla", "blockwise"]
-KERNELS = ("einsum", "xla", "blockwise")
+Kernel = Literal["auto", "einsum", "xla", "cudnn", "blockwise"]
+KERNELS = ("auto", "einsum", "xla", "cudnn", "blockwise")
 MASKED = float(jnp.finfo(jnp.float32).min)
+LONG_SEQUENCE = 2048
+""""auto" uses the blockwise kernel from this many keys on (experiments/attention_speed.py, CPU,
+causal fwd + bwd at t = 4096: blockwise 0.78x PyTorch's SDPA time, einsum 3.3x)."""
+
+
+def choose_kernel(backend: str, dtype: jnp.dtype, width: int, keys: int, key_mask: bool) -> str:
+    """The kernel "auto" runs: "cudnn" on a GPU in float16 / bfloat16 when cuDNN's flash
+    attention takes the shape (head width <= 128, a multiple of 8, no padding mask: only the
+    causal mask is passed to it), else "blockwise" from LONG_SEQUENCE keys on, else "einsum"."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if backend == "gpu" and half and width <= 128 and width % 8 == 0 and not key_mask:
+        return "cudnn"
+    return "blockwise" if keys >= LONG_SEQUENCE else "einsum"
 
 
 def attention_mask(
@@ -69,7 +85,7 @@ def dot_product_attention(
     *,
     key_mask: jax.Array | None = None,
     causal: bool = False,
-    kernel: Kernel = "einsum",
+    kernel: Kernel = "auto",
     scale: float | None = None,
     block_size: int = 512,
 ) -> jax.Array:
@@ -83,6 +99,16 @@ def dot_product_attention(
             f"b, h, e; got {key.shape}, {value.shape}"
         )
     scale = width**-0.5 if scale is None else scale
+    if kernel == "auto":
+        kernel = choose_kernel(
+            jax.default_backend(), query.dtype, width, key.shape[1], key_mask is not None
+        )
+    if kernel == "cudnn":
+        if key_mask is not None:
+            raise ValueError("the cudnn kernel takes no key_mask here; use 'xla' or 'blockwise'")
+        return jax.nn.dot_product_attention(
+            query, key, value, scale=scale, is_causal=causal, implementation="cudnn"
+        )
     if kernel == "blockwise":
         return blockwise_attention(
             query, key, value, key_mask=key_mask, causal=causal, scale=scale, block_size=block_size
@@ -120,7 +146,7 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     head_dim: int | None = None
     """e; None: features // num_heads."""
-    kernel: Kernel = "einsum"
+    kernel: Kernel = "auto"
     block_size: int = 512
     """Queries / keys per block of the blockwise kernel (experiments/attention_speed.py)."""
     rotary: bool = False

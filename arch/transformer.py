@@ -36,7 +36,7 @@ class TransformerBlock(nn.Module):
     norm: Norm = "pre"
     activation: Activation = "gelu"
     cross_attention: bool = False
-    kernel: Kernel = "einsum"
+    kernel: Kernel = "auto"
     rotary: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -170,7 +170,9 @@ class TransformerModel(nn.Module):
     positional: Positional = "learned"
     max_len: int = 512
     """Longest sequence the learned positions cover (and the longest decoding cache)."""
-    kernel: Kernel = "einsum"
+    kernel: Kernel = "auto"
+    """Attention kernel (arch/attention.py); "auto": cuDNN flash attention on a GPU in half
+    precision, the blockwise kernel from 2048 keys on, else einsum (`choose_kernel`)."""
     block_size: int = 512
     """Queries / keys per block of the blockwise kernel: 512 measured fastest at t >= 2048,
     128 at t = 512 (experiments/attention_speed.py)."""

@@ -1,6 +1,6 @@
-"""The attention kernels of arch/attention.py ("einsum", "xla", "blockwise") against a NumPy
-softmax(q k^T * scale + mask) v with hand-written gradients, and facts about masks, dtypes,
-errors and the blockwise kernel's memory.
+"""The attention kernels of arch/attention.py (einsum, xla, blockwise, auto; cudnn on a GPU)
+against a NumPy softmax(q k^T * scale + mask) v with hand-written gradients, and facts about
+masks, dtypes, errors, the blockwise kernel's memory and what "auto" chooses.
 
 Legend: b batch, q queries, k keys, h heads, e head width.
 """
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch.attention import KERNELS, MASKED, dot_product_attention
+from arch.attention import KERNELS, LONG_SEQUENCE, MASKED, choose_kernel, dot_product_attention
 from arch.blockwise_attention import blockwise_attention
 
 BATCH, HEADS, WIDTH, BLOCK = 2, 3, 8, 16
@@ -29,6 +29,11 @@ CASES = {
     "cross attention": (20, 45, True, False),
     "shorter than a block": (5, 7, True, False),
 }
+
+MASKABLE = [k for k in KERNELS if k != "cudnn"]
+"""Kernels that take any mask and dtype on any backend ("cudnn": GPU, half precision, causal
+or no mask only; tested on its own below, where a GPU is present)."""
+GPU = jax.default_backend() == "gpu"
 
 
 def random_inputs(queries: int, keys: int, masked: bool, seed: int = 0) -> dict:
@@ -93,7 +98,7 @@ def run_kernel(kernel: str, arrays: dict, causal: bool, block_size: int = BLOCK)
     return function(*(arrays[name] for name in names))
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", MASKABLE)
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_values_and_gradients_match_numpy(kernel, case):
     queries, keys, masked, causal = CASES[case]
@@ -120,7 +125,7 @@ def test_kernel_gradients_match_the_einsum_reference(kernel, case):
 def test_a_query_with_no_key_to_attend_averages_all_values():
     arrays = random_inputs(37, 37, masked=True)
     expected = arrays["value"][1].mean(axis=0)  # [h, e]: uniform weights over all 37 keys
-    for kernel in KERNELS:
+    for kernel in MASKABLE:
         out, _ = run_kernel(kernel, arrays, causal=True)
         # batch 1 masks keys 0-5, so causal queries 0-5 have none
         np.testing.assert_allclose(out[1, :6], np.broadcast_to(expected, (6, HEADS, WIDTH)), 1e-5)
@@ -135,7 +140,7 @@ def test_blockwise_is_independent_of_the_block_size(block_size):
         np.testing.assert_allclose(value, reference, **TOLERANCE)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", MASKABLE)
 def test_bfloat16_inputs_give_bfloat16_outputs_and_gradients_near_the_reference(kernel):
     arrays = random_inputs(37, 37, masked=True, seed=2)
     low = {n: x if n == "key_mask" else jnp.asarray(x, jnp.bfloat16) for n, x in arrays.items()}
@@ -147,7 +152,7 @@ def test_bfloat16_inputs_give_bfloat16_outputs_and_gradients_near_the_reference(
         np.testing.assert_allclose(np.asarray(value, np.float32), reference, rtol=0.01, atol=0.02)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", MASKABLE)
 def test_causal_output_depends_on_no_later_key_or_value(kernel):
     """d out_t / d key_s = d out_t / d value_s = 0 exactly for s > t, and not for s <= t."""
     queries, keys, masked, causal = CASES["causal"]
@@ -166,7 +171,7 @@ def test_causal_output_depends_on_no_later_key_or_value(kernel):
     assert np.all(size["key"][1:][~later[1:]] > 0)  # out_0 = v_0 whatever key_0 is
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", MASKABLE)
 def test_masked_keys_get_zero_weight(kernel):
     """Changing keys and values where key_mask is False changes no output."""
     arrays = random_inputs(37, 37, masked=True, seed=5)
@@ -180,7 +185,7 @@ def test_masked_keys_get_zero_weight(kernel):
     np.testing.assert_array_equal(changed_out, out)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", MASKABLE)
 def test_bad_masks_raise_clear_errors(kernel):
     query, key = jnp.zeros((BATCH, 6, HEADS, WIDTH)), jnp.zeros((BATCH, 9, HEADS, WIDTH))
     with pytest.raises(ValueError, match="causal attention needs as many queries as keys"):
@@ -219,3 +224,55 @@ def test_blockwise_backward_stores_nothing_of_size_queries_times_keys():
     assert gradient_temp_bytes("einsum", length, 128) > score_matrix
     blockwise = gradient_temp_bytes("blockwise", length, 128)
     assert blockwise < score_matrix / 8  # working set: a few [b, h, 128, 128] blocks
+
+
+@pytest.mark.parametrize(
+    ("backend", "dtype", "width", "keys", "key_mask", "expected"),
+    [
+        ("gpu", jnp.bfloat16, 64, 512, False, "cudnn"),
+        ("gpu", jnp.float16, 128, 64, False, "cudnn"),
+        ("gpu", jnp.float32, 64, 512, False, "einsum"),  # cuDNN flash: half precision only
+        ("gpu", jnp.float32, 64, LONG_SEQUENCE, False, "blockwise"),
+        ("gpu", jnp.bfloat16, 256, 512, False, "einsum"),  # head too wide for cuDNN
+        ("gpu", jnp.bfloat16, 64, 512, True, "einsum"),  # padding mask: not passed to cuDNN
+        ("cpu", jnp.bfloat16, 64, 512, False, "einsum"),
+        ("cpu", jnp.float32, 64, LONG_SEQUENCE - 1, False, "einsum"),
+        ("cpu", jnp.float32, 64, LONG_SEQUENCE, True, "blockwise"),
+        ("tpu", jnp.bfloat16, 64, 8192, False, "blockwise"),
+    ],
+)
+def test_auto_chooses_the_backends_fast_path(backend, dtype, width, keys, key_mask, expected):
+    assert choose_kernel(backend, dtype, width, keys, key_mask) == expected
+
+
+@pytest.mark.skipif(GPU, reason="checks the CPU choice")
+def test_auto_on_cpu_is_einsum_for_short_and_blockwise_for_long_sequences():
+    short = random_inputs(37, 37, masked=True, seed=6)
+    auto, einsum = run_kernel("auto", short, True), run_kernel("einsum", short, True)
+    for x, y in zip(jax.tree.leaves(auto), jax.tree.leaves(einsum), strict=True):
+        np.testing.assert_array_equal(x, y)
+    shape = (1, LONG_SEQUENCE, 1, 8)
+    q, k, v = (jax.random.normal(jax.random.key(i), shape) for i in range(3))
+    auto = dot_product_attention(q, k, v, causal=True, kernel="auto")
+    blockwise = dot_product_attention(q, k, v, causal=True, kernel="blockwise")
+    np.testing.assert_array_equal(auto, blockwise)
+
+
+def test_cudnn_kernel_refuses_a_padding_mask():
+    q = jnp.zeros((1, 8, 1, 8), jnp.bfloat16)
+    with pytest.raises(ValueError, match="cudnn kernel takes no key_mask"):
+        dot_product_attention(q, q, q, key_mask=jnp.ones((1, 8), bool), kernel="cudnn")
+
+
+@pytest.mark.skipif(not GPU, reason="cuDNN flash attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("causal", [False, True])
+def test_cudnn_matches_the_einsum_reference_in_bfloat16(causal):
+    arrays = random_inputs(64, 64, masked=False, seed=7)
+    low = {n: x if n == "key_mask" else jnp.asarray(x, jnp.bfloat16) for n, x in arrays.items()}
+    low["key_mask"] = None
+    out, grads = run_kernel("cudnn", low, causal)
+    expected_out, expected_grads = run_kernel("einsum", low, causal)
+    for value, reference in zip((out, *grads), (expected_out, *expected_grads), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(value, np.float32), np.asarray(reference, np.float32), rtol=0.02, atol=0.02
+        )

@@ -160,7 +160,8 @@ def test_vit_learns_digits():
         (
             TransformerLM(**TOKEN_MODEL, kernel="flash"),
             BYTES,
-            r"unknown attention kernel 'flash'; choose one of \('einsum', 'xla', 'blockwise'\)",
+            r"unknown attention kernel 'flash'; choose one of \('auto', 'einsum', 'xla', 'cudnn', "
+            r"'blockwise'\)",
         ),
         (
             TransformerLM(**{**TOKEN_MODEL, "max_len": 4}),
