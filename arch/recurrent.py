@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.cudnn_lstm import FastPath, cudnn_lstm, use_cudnn
 from arch.layers import Activation, activation_fn
 from arch.recurrent_scan import scan_forward, scan_with_custom_backward
 
@@ -242,6 +243,9 @@ class RNN(nn.Module):
     """"custom": weight gradients as large products after the reverse loop, for separable cells
     (arch/recurrent_scan.py); "autodiff": JAX's transpose of the scan; "auto": the one
     measured faster for the cell (`Cell.custom_backward_is_faster`). Same numbers."""
+    fast_path: FastPath = "auto"
+    """"auto": cuDNN's fused LSTM where it applies (GPU, LSTM, float32, no mask, forward;
+    arch/cudnn_lstm.py), else the scan; "scan": always the scan; "cudnn": cuDNN or an error."""
 
     def __call__(
         self, inputs: jax.Array, mask: jax.Array | None = None, initial_state: State | None = None
@@ -249,6 +253,8 @@ class RNN(nn.Module):
         batch, time, features = inputs.shape
         weights = self.cell.weights(features)
         state = self.cell.initial_state(batch) if initial_state is None else initial_state
+        if use_cudnn(self.fast_path, self.cell, inputs, mask, self.reverse):
+            return cudnn_lstm(weights, state, inputs)
         xs = jnp.swapaxes(inputs, 0, 1)  # [t, b, f]
         masks = jnp.ones((time, batch)) if mask is None else jnp.swapaxes(mask, 0, 1)
         masks = masks.astype(jnp.float32)  # [t, b]
@@ -299,6 +305,8 @@ class RecurrentModel(nn.Module):
     unroll: int = 2
     backward: Backward = "auto"
     """How the RNN layers differentiate the scan ("auto", "custom", "autodiff"): see RNN."""
+    fast_path: FastPath = "auto"
+    """cuDNN's fused LSTM where it applies ("auto"), never ("scan") or always ("cudnn")."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -322,6 +330,7 @@ class RecurrentModel(nn.Module):
             self.hoist_inputs,
             self.unroll,
             self.backward,
+            self.fast_path,
             name=name,
         )
 
