@@ -9,6 +9,7 @@ import pytest
 
 from arch import MLP, MODELS, LeNet, Perceptron
 from train.__main__ import main
+from train.checkpoint import CheckpointConfig
 from train.loop import FitResult, NonFiniteError, RunConfig, adapt_model, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Digits, Xor
@@ -250,11 +251,18 @@ def test_reported_perplexity_is_exp_of_the_mean_loss():
 
 
 def test_quiet_run_config_for_studies():
+    off = CheckpointConfig(enabled=False)  # a study's runs never resume from old ones
     assert RunConfig.quiet(100, evaluations=4) == RunConfig(
-        steps=100, eval_every=25, log_every=25, progress="off", tensorboard=False
+        steps=100, eval_every=25, log_every=25, progress="off", tensorboard=False, checkpoint=off
     )
     assert RunConfig.quiet(10, seed=3, log_every=2) == RunConfig(
-        steps=10, eval_every=10, log_every=2, seed=3, progress="off", tensorboard=False
+        steps=10,
+        eval_every=10,
+        log_every=2,
+        seed=3,
+        progress="off",
+        tensorboard=False,
+        checkpoint=off,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Union
 import tyro
 
 from arch import MODELS, describe
-from train.loop import RunConfig, fit
+from train.loop import NonFiniteError, Preempted, RunConfig, fit
 from train.optim import OptimConfig
 from train.report import format_table
 from train.tasks import TASKS, describe_task
@@ -68,7 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
         run = dataclasses.replace(
             run, run_dir=f"runs/{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
         )
-    result = fit(command.model, command.task, command.optim, run)
+    try:
+        result = fit(command.model, command.task, command.optim, run)
+    except Preempted as stop:  # checkpoint saved: exit as a process killed by the signal would
+        print(stop, file=sys.stderr)
+        raise SystemExit(128 + stop.signal_number) from None
+    except (ValueError, NonFiniteError) as error:  # one clear message, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(error, ValueError) else 1) from None
     summary = result.summary
     print(
         format_table([{"split": split, **metrics} for split, metrics in summary["final"].items()])

@@ -70,6 +70,18 @@ class MetricsLogger:
         elif self.progress == "lines":
             print(f"step {step} {split}: {format_metrics(metrics)}", flush=True)
 
+    def restore(self, history: list[dict[str, Any]], step: int) -> None:
+        """Continue a resumed run: its records up to the checkpoint's `step` replace whatever
+        metrics.jsonl holds (records written after that checkpoint are dropped)."""
+        self.records = list(history)
+        if self.jsonl:
+            self.jsonl.seek(0)
+            self.jsonl.truncate()
+            self.jsonl.writelines(json.dumps(record) + "\n" for record in self.records)
+            self.jsonl.flush()
+        if self.bar is not None:
+            self.bar.n = step
+
     def message(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(text)

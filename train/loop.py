@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import re
+import signal
+import threading
 import time
 from typing import Any
 
@@ -17,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from train.checkpoint import CheckpointConfig, Checkpoints, config_differences
 from train.logger import MetricsLogger, Progress
 from train.optim import (
     OptimConfig,
@@ -49,6 +52,9 @@ class RunConfig:
     """Keep compiled programs in a user cache directory so the next start skips compilation."""
     progress: Progress = "auto"
     tensorboard: bool = True
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """Checkpoints in RUN_DIR/checkpoints (train/checkpoint.py); re-running the same command
+    with the same run directory resumes from the latest."""
 
     @classmethod
     def quiet(cls, steps: int, evaluations: int = 1, **fields: Any) -> "RunConfig":
@@ -60,6 +66,7 @@ class RunConfig:
             "log_every": every,
             "progress": "off",
             "tensorboard": False,
+            "checkpoint": CheckpointConfig(enabled=False),
         }
         return cls(steps=steps, **{**defaults, **fields})
 
@@ -67,6 +74,41 @@ class RunConfig:
         for name in ("steps", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class ConfigMismatchError(ValueError):
+    """The run directory holds checkpoints of a run configured differently."""
+
+
+class Preempted(Exception):  # noqa: N818 (an event, not an error)
+    """SIGTERM / SIGINT arrived: the step finished, a checkpoint was saved, the run stopped."""
+
+    def __init__(self, message: str, step: int, signal_number: int):
+        super().__init__(message)
+        self.step, self.signal_number = step, signal_number
+
+
+class StopSignals:
+    """While active (main thread only), SIGTERM and SIGINT are recorded instead of killing the
+    process, so the loop can finish its step and save; the previous handlers come back after."""
+
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if self.active:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self.previous[number] = signal.signal(number, self.record)
+        return self
+
+    def record(self, number: int, frame: Any) -> None:
+        self.received = number
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 class NonFiniteError(FloatingPointError):
@@ -183,14 +225,64 @@ def evaluate(
 
 
 def first_non_finite(
-    step_metrics: list[dict[str, np.ndarray]], first_step: int
+    step_metrics: list[dict[str, np.ndarray]], first_step: int, only: tuple[str, ...] = ()
 ) -> tuple[int, str, float] | None:
-    """(step, metric, value) of the first NaN or infinity, naming the loss first if it is one."""
+    """(step, metric, value) of the first NaN or infinity, naming the loss first if it is one
+    (`only`: look at these metrics alone)."""
     for offset, metrics in enumerate(step_metrics):
         for key in sorted(metrics, key=lambda k: k != "loss"):
+            if only and key not in only:
+                continue
             if not np.all(np.isfinite(metrics[key])):
                 return first_step + offset, key, float(metrics[key])
     return None
+
+
+def host_means(host: list[dict[str, Any]], task: Any, skip_non_finite: bool) -> dict:
+    """Mean of each metric over the interval's steps; with skipped non-finite updates, over
+    the finite steps only, and `skipped` = how many were skipped."""
+    finite = [m for m in host if np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])]
+    kept = finite if skip_non_finite and finite else host
+    means = {k: float(np.mean([m[k] for m in kept])) for k in host[0]}
+    if skip_non_finite:
+        means["skipped"] = float(len(host) - len(finite))
+    return task.finalize_metrics(means)
+
+
+def last_good(checkpoints: Checkpoints | None) -> str:
+    if checkpoints is None or not checkpoints.steps():
+        return ""
+    return (
+        f"; the last good checkpoint (step {checkpoints.steps()[-1]}) is in {checkpoints.directory}"
+    )
+
+
+def resume_or_start(
+    checkpoints: Checkpoints | None, state: TrainState, config: dict, run: RunConfig
+) -> tuple[TrainState, DataPosition, list[dict], list[dict], int]:
+    """(state, data position, history, pending step metrics, step) to continue from: the
+    latest readable checkpoint of a run with the same configuration, else the fresh start."""
+    fresh = (state, DataPosition(), [], [], 0)
+    if checkpoints is None or not checkpoints.steps():
+        return fresh
+    saved = checkpoints.saved_config()
+    differences = config_differences(saved, config) if saved is not None else []
+    if differences and run.checkpoint.resume != "force":
+        raise ConfigMismatchError(
+            f"{run.run_dir} holds checkpoints of a differently configured run "
+            f"({len(differences)} field{'s differ' if len(differences) > 1 else ' differs'}: "
+            f"{'; '.join(differences)}); use another "
+            "--run-dir, delete its checkpoints, or pass --checkpoint.resume force to continue "
+            "from them anyway"
+        )
+    restored = checkpoints.restore(state)
+    if restored is None:
+        return fresh
+    checkpoints.message(
+        f"resuming from the checkpoint at step {restored.step} in {checkpoints.directory}"
+        + (f" (configuration differs: {'; '.join(differences)})" if differences else "")
+    )
+    return restored.state, restored.position, restored.history, restored.pending, restored.step
 
 
 def fit(
@@ -203,25 +295,77 @@ def fit(
     """Train `model` on `task` with `optim` for `run.steps` steps through the shared train step.
 
     `init_params` (optional) replaces the matching part of the freshly initialised parameters,
-    e.g. pretrained convolutions for transfer learning (see train.step.merge_params).
+    e.g. pretrained convolutions for transfer learning (see train.step.merge_params). With a
+    run directory and checkpoints enabled, a run directory that holds checkpoints is resumed.
     """
     start = time.perf_counter()
     if run.compilation_cache:
         enable_compilation_cache()
     model = adapt_model(model, task)
-    position = DataPosition()
-    batch = task.train_batch(position)
+    batch = task.train_batch(DataPosition())
     check_model_fits_task(model, task, batch)
+    config = run_config_dict(model, task, optim, run)
     if run.run_dir:
         os.makedirs(run.run_dir, exist_ok=True)
         with open(os.path.join(run.run_dir, "config.json"), "w") as f:
-            json.dump(run_config_dict(model, task, optim, run), f, indent=2, default=str)
+            json.dump(config, f, indent=2, default=str)
 
     tx = make_optimizer(optim, run.steps)
     init_start = time.perf_counter()
     state = jax.block_until_ready(init_state(model, tx, batch["inputs"], run.seed, init_params))
     init_time = time.perf_counter() - init_start  # compiling and running the initialisation
     check_freeze_patterns(state.params, optim)
+    logger = MetricsLogger(run.run_dir, run.steps, run.progress, run.tensorboard)
+    checkpoints = None
+    if run.run_dir and run.checkpoint.enabled:
+        checkpoints = Checkpoints(run.run_dir, run.checkpoint, logger.message)
+    try:
+        state, position, history, pending, first = resume_or_start(checkpoints, state, config, run)
+        logger.restore(history, first)
+        batch = task.train_batch(position)
+        summary = train_loop(
+            model,
+            task,
+            optim,
+            run,
+            tx,
+            state,
+            position,
+            batch,
+            pending,
+            first,
+            logger,
+            checkpoints,
+            config,
+        )
+    finally:
+        logger.close()
+        if checkpoints is not None:
+            checkpoints.close()
+    state = summary.pop("state")
+    summary.update(wall_time=time.perf_counter() - start, init_time=init_time)
+    if run.run_dir:
+        with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return FitResult(model=model, state=state, summary=summary, history=logger.records)
+
+
+def train_loop(
+    model,
+    task,
+    optim,
+    run,
+    tx,
+    state,
+    position,
+    batch,
+    pending,
+    first,
+    logger,
+    checkpoints,
+    config,
+) -> dict[str, Any]:
+    """Steps first + 1 .. run.steps, logging, evaluating and checkpointing; the summary."""
     schedule = learning_rate_schedule(optim, max(run.steps // optim.accumulate, 1))
     compile_start = time.perf_counter()
     train_step = make_train_step(model, task, tx).lower(state, batch).compile()
@@ -230,70 +374,82 @@ def fit(
         state, next(task.eval_batches("validation", run.eval_batch_size))
     ).compile()
     compile_time = time.perf_counter() - compile_start
-
-    logger = MetricsLogger(run.run_dir, run.steps, run.progress, run.tensorboard)
     logger.message(
         f"{type(model).__name__} ({parameter_count(state.params):,} parameters) on "
         f"{type(task).__name__}: {run.steps} steps, compiled in {compile_time:.2f} s"
     )
-    pending: list[dict[str, jax.Array]] = []
-    train_time, interval_start, interval_first = 0.0, time.perf_counter(), 0
-    try:
-        for step in range(1, run.steps + 1):
+    save_every = run.checkpoint.every or run.eval_every
+    train_time, interval_start = 0.0, time.perf_counter()
+    interval_first = first - len(pending)
+    with StopSignals(active=checkpoints is not None) as signals:
+        for step in range(first + 1, run.steps + 1):
             state, metrics = train_step(state, batch)
             pending.append(metrics)
             position = task.next_position(position)
             if step < run.steps:
                 batch = task.train_batch(position)
-            if step % run.log_every and step % run.eval_every and step != run.steps:
+            log = not (step % run.log_every and step % run.eval_every and step != run.steps)
+            save = checkpoints is not None and (
+                step % save_every == 0 or step == run.steps or signals.received
+            )
+            if not (log or save):
                 continue
-            host = jax.device_get(pending)
-            elapsed = time.perf_counter() - interval_start
-            train_time += elapsed
-            problem = first_non_finite(host, interval_first + 1)
+            pending = jax.device_get(pending)
+            # skipping non-finite updates: only parameters gone non-finite (more than
+            # optim.max_skipped in a row, so the update was applied) stop the run
+            only = ("param_norm",) if optim.skip_non_finite else ()
+            problem = first_non_finite(pending, interval_first + 1, only)
             if problem:
                 bad_step, metric, value = problem
+                skipping = f" after {optim.max_skipped} skipped updates in a row" if only else ""
                 raise NonFiniteError(
-                    f"non-finite {metric} ({value}) at step {bad_step}; "
-                    "lower --optim.lr or set --optim.clip-norm",
+                    f"non-finite {metric} ({value}) at step {bad_step}{skipping}; lower "
+                    "--optim.lr, set --optim.clip-norm, or --optim.skip-non-finite to skip such "
+                    "updates" + last_good(checkpoints),
                     bad_step,
                     metric,
                     logger.records,
                 )
-            means = task.finalize_metrics(
-                {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-            )
-            means["lr"] = float(schedule(max(step - 1, 0) // optim.accumulate))
-            means["examples_per_second"] = len(host) * task.batch_size / elapsed
-            logger.log(step, "train", means)
-            pending, interval_first = [], step
-            if step % run.eval_every == 0 or step == run.steps:
-                logger.log(
+            validation = None
+            if log:
+                elapsed = time.perf_counter() - interval_start
+                train_time += elapsed
+                means = host_means(pending, task, optim.skip_non_finite)
+                means["lr"] = float(schedule(max(step - 1, 0) // optim.accumulate))
+                means["examples_per_second"] = len(pending) * task.batch_size / elapsed
+                logger.log(step, "train", means)
+                pending, interval_first = [], step
+                if step % run.eval_every == 0 or step == run.steps:
+                    validation = evaluate(eval_step, state, task, "validation", run.eval_batch_size)
+                    logger.log(step, "validation", validation)
+            if save:  # with the steps since the last log, so the history resumes unchanged
+                checkpoints.save(state, position, logger.records, pending, config, validation)
+            if signals.received:
+                checkpoints.close()
+                name = signal.Signals(signals.received).name
+                raise Preempted(
+                    f"{name} received: stopped after step {step} and saved a checkpoint in "
+                    f"{checkpoints.directory}; run the same command again to resume",
                     step,
-                    "validation",
-                    evaluate(eval_step, state, task, "validation", run.eval_batch_size),
+                    signals.received,
                 )
             interval_start = time.perf_counter()
-        final = {
-            split: evaluate(eval_step, state, task, split, run.eval_batch_size) for split in SPLITS
-        }
-    finally:
-        logger.close()
-    summary = {
+    final = {
+        split: evaluate(eval_step, state, task, split, run.eval_batch_size) for split in SPLITS
+    }
+    trained = run.steps - first
+    return {
         "model": type(model).__name__,
         "task": type(task).__name__,
         "steps": run.steps,
+        "run_dir": run.run_dir,
+        "resumed_from": first,
         "parameters": parameter_count(state.params),
         "final": final,
-        "wall_time": time.perf_counter() - start,
-        "init_time": init_time,
         "compile_time": compile_time,
         "train_time": train_time,
-        "examples_per_second": run.steps * task.batch_size / train_time,
+        "examples_per_second": trained * task.batch_size / train_time if train_time else 0.0,
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
+        "state": state,
     }
-    if run.run_dir:
-        with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-    return FitResult(model=model, state=state, summary=summary, history=logger.records)

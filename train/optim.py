@@ -41,6 +41,10 @@ class OptimConfig:
     """Average the gradients of this many train steps (micro-batches) before each update."""
     freeze: tuple[str, ...] = ()
     """Regular expressions; parameters whose path (e.g. 'conv_0/kernel') matches one stay fixed."""
+    skip_non_finite: bool = False
+    """Skip an update whose gradient holds a NaN or infinity (optax.apply_if_finite) instead of
+    stopping the run; more than `max_skipped` in a row stops it."""
+    max_skipped: int = 10
     lr_scale: tuple[tuple[str, float], ...] = ()
     """(regular expression, factor) pairs: parameters whose path matches train at factor * lr
     (the first matching pair wins), e.g. (("nu_log|theta_log", 0.5),) for the LRU paper's
@@ -64,6 +68,8 @@ class OptimConfig:
             problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             problems.append(f"optim.clip_norm must be > 0 (or None), got {self.clip_norm}")
+        if self.max_skipped < 1:
+            problems.append(f"optim.max_skipped must be >= 1, got {self.max_skipped}")
         if self.accumulate < 1:
             problems.append(f"optim.accumulate must be >= 1, got {self.accumulate}")
         for pattern in self.freeze:
@@ -171,6 +177,8 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
             {"trainable": tx, "frozen": optax.set_to_zero()},
             lambda params: frozen_labels(params, config.freeze),
         )
+    if config.skip_non_finite:
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_skipped)
     if config.accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.accumulate)
     return tx
