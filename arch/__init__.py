@@ -11,6 +11,7 @@ from arch.linear_rnn import (
 )
 from arch.mlp import MLP, Perceptron
 from arch.recurrent import RNNClassifier, RNNLanguageModel, RNNTagger
+from arch.seq2seq import RNNSeq2Seq
 from arch.transformer import EncoderDecoderTransformer, TransformerLM
 from arch.vit import ViT
 from arch.word2vec import SkipGram
@@ -26,6 +27,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "transformer": TransformerClassifier,
     "bert": MaskedLanguageModel,
     "gpt": TransformerLM,
+    "rnn_seq2seq": RNNSeq2Seq,
     "transformer_seq2seq": EncoderDecoderTransformer,
     "vit": ViT,
     "linear_rnn": LinearRecurrentClassifier,
@@ -55,6 +57,7 @@ __all__ = [
     "Perceptron",
     "RNNClassifier",
     "RNNLanguageModel",
+    "RNNSeq2Seq",
     "RNNTagger",
     "ResNet",
     "SkipGram",

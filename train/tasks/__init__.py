@@ -9,6 +9,7 @@ from train.tasks.order import Reverse, Sorted
 from train.tasks.points import Blobs, Circles, Xor
 from train.tasks.sequences import Adding, Copy
 from train.tasks.series import RandomWalk, Sines
+from train.tasks.translation import Translation
 
 TASKS: dict[str, type] = {
     "xor": Xor,
@@ -29,6 +30,7 @@ TASKS: dict[str, type] = {
     "planted_corpus": PlantedCorpus,
     "markov_mlm": MaskedMarkovLanguage,
     "text_mlm": MaskedTextFile,
+    "translation": Translation,
 }
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "Sorted",
     "StreamTask",
     "TextFile",
+    "Translation",
     "Xor",
     "describe_task",
 ]

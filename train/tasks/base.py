@@ -17,8 +17,8 @@ import numpy as np
 from train import losses
 
 Batch = dict[str, np.ndarray]
-# (inputs [n, ...], targets [n, ...]) or (inputs, targets, mask [n, ...]): a mask of 0 marks
-# what the loss ignores (padding, or sequence steps that carry no target)
+# (inputs [n, ...] or a dict of them, targets [n, ...]) or (inputs, targets, mask [n, ...]):
+# a mask of 0 marks what the loss ignores (padding, or sequence steps that carry no target)
 Split = tuple[np.ndarray, ...]
 SPLITS = ("train", "validation", "test")
 
@@ -137,8 +137,10 @@ class ArrayTask:
 
 
 def take_rows(split: Split, rows: np.ndarray, valid: np.ndarray | None = None) -> Batch:
-    """The batch of `rows` of a split; rows where `valid` is False get mask 0 throughout."""
-    inputs, targets = split[0][rows], split[1][rows]
+    """The batch of `rows` of a split; rows where `valid` is False get mask 0 throughout.
+    Inputs may be a dict of arrays (e.g. an encoder-decoder's source and target)."""
+    inputs = jax.tree.map(lambda x: x[rows], split[0])
+    targets = split[1][rows]
     mask = split[2][rows].astype(np.float32) if len(split) > 2 else np.ones(len(rows), np.float32)
     if valid is not None:
         mask = mask * valid.reshape((-1,) + (1,) * (mask.ndim - 1))
