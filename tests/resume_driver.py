@@ -107,9 +107,9 @@ def restore_sharded(run_dir: str) -> None:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from train.checkpoint import Checkpoints
-    from train.loop import adapt_model
     from train.optim import make_optimizer
     from train.step import init_state
+    from train.validate import adapt_model
 
     assert jax.device_count() == 4, jax.devices()
     model, task = case("mlp")

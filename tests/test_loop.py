@@ -10,9 +10,10 @@ import pytest
 from arch import MLP, MODELS, LeNet, Perceptron
 from train.__main__ import main
 from train.checkpoint import CheckpointConfig
-from train.loop import FitResult, NonFiniteError, RunConfig, adapt_model, fit
+from train.loop import FitResult, NonFiniteError, RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Digits, Xor
+from train.validate import adapt_model
 
 QUIET = dict(progress="off", tensorboard=False, compilation_cache=False)
 TRAIN_KEYS = {
@@ -185,10 +186,10 @@ def test_cli_negative_learning_rate_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "cli").exists()
 
 
-def test_cli_images_model_on_points_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="images") as error:
-        main(["lenet", "xor", *run_options(tmp_path)])
-    assert "LeNet" in str(error.value) and "(32, 2)" in str(error.value)
+def test_cli_images_model_on_points_fails_before_training(tmp_path, capsys):
+    message = cli_error(capsys, ["lenet", "xor", *run_options(tmp_path)])
+    assert message.startswith("error: ") and "images" in message
+    assert "LeNet" in message and "(32, 2)" in message and "Traceback" not in message
     assert not (tmp_path / "cli").exists()  # nothing written: it failed before any work
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from train.loop import check_freeze_patterns
 from train.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from train.validate import check_freeze_patterns
 
 NUM_UPDATES = 5
 

@@ -18,11 +18,12 @@ from arch.word2vec import (
     nearest_neighbours,
     word_vectors,
 )
-from train.loop import RunConfig, adapt_model, fit
+from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.state import parameter_count
 from train.tasks import TASKS, DataPosition, PlantedCorpus
 from train.tasks.corpus import ATTRIBUTES
+from train.validate import adapt_model
 
 TASK = PlantedCorpus()
 

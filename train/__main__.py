@@ -17,6 +17,7 @@ from train.loop import NonFiniteError, Preempted, RunConfig, fit
 from train.optim import OptimConfig
 from train.report import format_table
 from train.tasks import TASKS, describe_task
+from train.validate import unknown_name
 
 
 def choices(registry: dict[str, type], describe_fn) -> type:
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> dict:
     if argv[:1] == ["--list"]:
         print(listing())
         return {}
+    for position, (kind, registry) in enumerate((("model", MODELS), ("task", TASKS))):
+        name = argv[position] if len(argv) > position else "-"
+        if not name.startswith("-") and name not in registry:
+            print(f"error: {unknown_name(kind, name, registry)}", file=sys.stderr)
+            raise SystemExit(2)
     command = tyro.cli(
         Command,
         args=argv,

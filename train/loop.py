@@ -9,7 +9,6 @@ config.json, metrics.jsonl, summary.json and TensorBoard events.
 import dataclasses
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -23,15 +22,20 @@ from train.checkpoint import CheckpointConfig, Checkpoints, config_differences
 from train.logger import MetricsLogger, Progress
 from train.optim import (
     OptimConfig,
-    frozen_labels,
     learning_rate_schedule,
     make_optimizer,
-    param_path,
 )
 from train.runtime import enable_compilation_cache
 from train.state import TrainState, parameter_count
 from train.step import init_state, make_eval_step, make_train_step
 from train.tasks.base import SPLITS, DataPosition
+from train.validate import (
+    adapt_model,
+    check_freeze_patterns,
+    check_model_config,
+    check_model_fits_task,
+    check_sequence_length,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,66 +157,6 @@ def run_config_dict(model: nn.Module, task: Any, optim: OptimConfig, run: RunCon
     }
 
 
-def adapt_model(model: nn.Module, task: Any) -> nn.Module:
-    """The model with the fields the task decides (task.model_fields, e.g. num_outputs) set.
-
-    A field the model lacks is skipped; a field set to something other than both its default
-    and the task's need is refused, with the value to use.
-    """
-    defaults = {f.name: f.default for f in dataclasses.fields(model)}
-    changes = {}
-    for field, needed in task.model_fields.items():
-        if field not in defaults or getattr(model, field) == needed:
-            continue
-        if getattr(model, field) != defaults[field]:
-            flag = "--model." + field.replace("_", "-")
-            raise ValueError(
-                f"model.{field} is {getattr(model, field)} but task {type(task).__name__} "
-                f"needs {needed}; drop {flag} or set it to {needed}"
-            )
-        changes[field] = needed
-    return model.clone(**changes) if changes else model
-
-
-def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
-    """Trace the model on one batch (no compilation) and check its output shape."""
-    inputs = batch["inputs"]
-    shape = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], inputs).shape
-    expected = tuple(task.output_shape(batch))
-    if tuple(shape) != expected:
-        hint = (
-            f"set --model.num-outputs {expected[-1]}"
-            if len(shape) == len(expected) and shape[:-1] == expected[:-1]
-            else "choose a model whose outputs have that shape (e.g. one output per sequence: "
-            "rnn; one per step: rnn_tagger)"
-        )
-        raise ValueError(
-            f"{type(model).__name__} outputs shape {tuple(shape)} on "
-            f"{type(task).__name__} inputs {tuple(inputs.shape)}, but the task's loss "
-            f"needs {expected}; {hint}"
-        )
-
-
-def check_freeze_patterns(params: Any, optim: OptimConfig) -> None:
-    """Every optim.freeze / optim.lr_scale pattern must match a parameter (a typo would
-    otherwise change nothing, silently), and freezing must leave something to train."""
-    patterns = [("optim.freeze", p) for p in optim.freeze]
-    patterns += [("optim.lr_scale", p) for p, _ in optim.lr_scale]
-    if not patterns:
-        return
-    paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    for option, pattern in patterns:
-        if not any(re.search(pattern, p) for p in paths):
-            raise ValueError(
-                f"{option} pattern {pattern!r} matches no parameter; the parameters are {paths}"
-            )
-    labels = jax.tree.leaves(frozen_labels(params, optim.freeze))
-    if optim.freeze and all(label == "frozen" for label in labels):
-        raise ValueError(
-            f"optim.freeze {optim.freeze} freezes every parameter; nothing would train"
-        )
-
-
 def evaluate(
     eval_step, state: TrainState, task: Any, split: str, batch_size: int
 ) -> dict[str, float]:
@@ -301,8 +245,10 @@ def fit(
     start = time.perf_counter()
     if run.compilation_cache:
         enable_compilation_cache()
+    check_model_config(model)
     model = adapt_model(model, task)
     batch = task.train_batch(DataPosition())
+    check_sequence_length(model, batch)
     check_model_fits_task(model, task, batch)
     config = run_config_dict(model, task, optim, run)
     if run.run_dir:
