@@ -230,6 +230,7 @@ def profile(
     peak: dict[str, Any] | None = None,
     repeats: int = 5,
     min_sample_seconds: float = 0.2,
+    flops: float | None = None,
 ) -> dict[str, Any]:
     """Everything measured about one jitted `function(*args)`: compile seconds (apart from run
     time), median / min / max seconds per call after a warm-up, `amount` per second (e.g.
@@ -238,9 +239,14 @@ def profile(
     FLOPs / median time / `peak` (default `peak_flops()` in float32).
 
     carry: the call's first output is its next first argument (a train step whose state is
-    donated, or a decoding loop), so every timed call sees fresh buffers."""
+    donated, or a decoding loop), so every timed call sees fresh buffers.
+    flops: the FLOPs to credit instead of this program's count, e.g. the reference program's
+    when this one computes the same thing with loops of unknown trip count (then "uncounted"
+    still lists them)."""
     compiled, compile_seconds = compile_timed(function, *args)
     counted = flop_count.count(function, *args)
+    if flops is not None:
+        counted.flops = flops
     state = {"args": args}
 
     def call() -> None:

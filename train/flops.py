@@ -52,6 +52,7 @@ FREE = {
     "sharding_constraint", "device_put", "optimization_barrier", "pjit_sharding", "mesh_cast",
     "reshard", "population_count", "clz", "empty", "zeros_like", "broadcast", "squeeze_p",
     "scatter-add", "scatter_add", "full_like", "tie_in", "axis_index", "create_token",
+    "stack", "unstack", "random_fold_in", "random_split", "random_key_data",
 }  # fmt: skip
 
 
