@@ -26,11 +26,13 @@ from train.optim import (
     make_optimizer,
 )
 from train.runtime import enable_compilation_cache
+from train.sharding import Placement, ShardingConfig
 from train.state import TrainState, parameter_count
 from train.step import init_state, make_eval_step, make_train_step
 from train.tasks.base import SPLITS, DataPosition
 from train.validate import (
     adapt_model,
+    check_batch_divides,
     check_freeze_patterns,
     check_model_config,
     check_model_fits_task,
@@ -59,6 +61,9 @@ class RunConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoints in RUN_DIR/checkpoints (train/checkpoint.py); re-running the same command
     with the same run directory resumes from the latest."""
+    sharding: ShardingConfig = ShardingConfig()
+    """The device mesh when more than one device is present (train/sharding.py); default:
+    data parallel over every device."""
 
     @classmethod
     def quiet(cls, steps: int, evaluations: int = 1, **fields: Any) -> "RunConfig":
@@ -158,10 +163,12 @@ def run_config_dict(model: nn.Module, task: Any, optim: OptimConfig, run: RunCon
 
 
 def evaluate(
-    eval_step, state: TrainState, task: Any, split: str, batch_size: int
+    eval_step, state: TrainState, task: Any, split: str, batch_size: int, place=lambda b: b
 ) -> dict[str, float]:
-    """Metrics over every example of `split`: batch means weighted by their real examples."""
-    batches = jax.device_get([eval_step(state, b) for b in task.eval_batches(split, batch_size)])
+    """Metrics over every example of `split`: batch means weighted by their real examples
+    (`place` puts a host batch where the eval step expects it)."""
+    batches = [eval_step(state, place(b)) for b in task.eval_batches(split, batch_size)]
+    batches = jax.device_get(batches)
     counts = np.array([b["count"] for b in batches])
     keys = [key for key in batches[0] if key != "count"]
     means = {key: float(np.dot([b[key] for b in batches], counts) / counts.sum()) for key in keys}
@@ -251,73 +258,78 @@ def fit(
     check_sequence_length(model, batch)
     check_model_fits_task(model, task, batch)
     config = run_config_dict(model, task, optim, run)
-    if run.run_dir:
+    primary = jax.process_index() == 0  # in a multi-process run only process 0 writes logs
+    if run.run_dir and primary:
         os.makedirs(run.run_dir, exist_ok=True)
         with open(os.path.join(run.run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2, default=str)
 
+    placement = Placement.for_run(run.sharding)
+    for size in (task.batch_size, run.eval_batch_size):
+        check_batch_divides(size, placement.batch_ways)
     tx = make_optimizer(optim, run.steps)
     init_start = time.perf_counter()
-    state = jax.block_until_ready(init_state(model, tx, batch["inputs"], run.seed, init_params))
+    state = init_state(
+        model, tx, batch["inputs"], run.seed, init_params, placement.state_shardings(tx)
+    )
+    state = jax.block_until_ready(state)
     init_time = time.perf_counter() - init_start  # compiling and running the initialisation
     check_freeze_patterns(state.params, optim)
-    logger = MetricsLogger(run.run_dir, run.steps, run.progress, run.tensorboard)
+    logger = MetricsLogger(
+        run.run_dir if primary else None, run.steps, run.progress if primary else "off",
+        run.tensorboard,
+    )  # fmt: skip
     checkpoints = None
     if run.run_dir and run.checkpoint.enabled:
         checkpoints = Checkpoints(run.run_dir, run.checkpoint, logger.message)
     try:
         state, position, history, pending, first = resume_or_start(checkpoints, state, config, run)
         logger.restore(history, first)
-        batch = task.train_batch(position)
-        summary = train_loop(
-            model,
-            task,
-            optim,
-            run,
-            tx,
-            state,
-            position,
-            batch,
-            pending,
-            first,
-            logger,
-            checkpoints,
-            config,
-        )
+        job = Job(model, task, optim, run, tx, logger, checkpoints, config, placement)
+        summary = train_loop(job, state, position, pending, first)
     finally:
         logger.close()
         if checkpoints is not None:
             checkpoints.close()
     state = summary.pop("state")
     summary.update(wall_time=time.perf_counter() - start, init_time=init_time)
-    if run.run_dir:
+    if run.run_dir and primary:
         with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return FitResult(model=model, state=state, summary=summary, history=logger.records)
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What the loop works with, besides the state it carries."""
+
+    model: nn.Module
+    task: Any
+    optim: OptimConfig
+    run: RunConfig
+    tx: Any
+    logger: MetricsLogger
+    checkpoints: Checkpoints | None
+    config: dict
+    placement: Placement
+
+
 def train_loop(
-    model,
-    task,
-    optim,
-    run,
-    tx,
-    state,
-    position,
-    batch,
-    pending,
-    first,
-    logger,
-    checkpoints,
-    config,
+    job: Job, state: TrainState, position: DataPosition, pending: list, first: int
 ) -> dict[str, Any]:
     """Steps first + 1 .. run.steps, logging, evaluating and checkpointing; the summary."""
+    model, task, optim, run, logger, checkpoints = (
+        job.model, job.task, job.optim, job.run, job.logger, job.checkpoints
+    )  # fmt: skip
+    place = job.placement.batch
     schedule = learning_rate_schedule(optim, max(run.steps // optim.accumulate, 1))
     compile_start = time.perf_counter()
-    train_step = make_train_step(model, task, tx).lower(state, batch).compile()
-    eval_step = make_eval_step(model, task)
+    shardings = job.placement.step_shardings(state)
+    batch = place(task.train_batch(position))
+    train_step = make_train_step(model, task, job.tx, shardings).lower(state, batch).compile()
+    eval_step = make_eval_step(model, task, shardings)
     eval_step = eval_step.lower(
-        state, next(task.eval_batches("validation", run.eval_batch_size))
+        state, place(next(task.eval_batches("validation", run.eval_batch_size)))
     ).compile()
     compile_time = time.perf_counter() - compile_start
     logger.message(
@@ -333,7 +345,7 @@ def train_loop(
             pending.append(metrics)
             position = task.next_position(position)
             if step < run.steps:
-                batch = task.train_batch(position)
+                batch = place(task.train_batch(position))
             log = not (step % run.log_every and step % run.eval_every and step != run.steps)
             save = checkpoints is not None and (
                 step % save_every == 0 or step == run.steps or signals.received
@@ -366,10 +378,12 @@ def train_loop(
                 logger.log(step, "train", means)
                 pending, interval_first = [], step
                 if step % run.eval_every == 0 or step == run.steps:
-                    validation = evaluate(eval_step, state, task, "validation", run.eval_batch_size)
+                    validation = evaluate(
+                        eval_step, state, task, "validation", run.eval_batch_size, place
+                    )
                     logger.log(step, "validation", validation)
             if save:  # with the steps since the last log, so the history resumes unchanged
-                checkpoints.save(state, position, logger.records, pending, config, validation)
+                checkpoints.save(state, position, logger.records, pending, job.config, validation)
             if signals.received:
                 checkpoints.close()
                 name = signal.Signals(signals.received).name
@@ -381,7 +395,8 @@ def train_loop(
                 )
             interval_start = time.perf_counter()
     final = {
-        split: evaluate(eval_step, state, task, split, run.eval_batch_size) for split in SPLITS
+        split: evaluate(eval_step, state, task, split, run.eval_batch_size, place)
+        for split in SPLITS
     }
     trained = run.steps - first
     return {

@@ -13,6 +13,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from train.state import PyTree, TrainState
 
@@ -49,9 +50,16 @@ def apply_model(
 
 
 def make_train_step(
-    model: nn.Module, task: LossTask, tx: optax.GradientTransformation
+    model: nn.Module,
+    task: LossTask,
+    tx: optax.GradientTransformation,
+    shardings: tuple[Any, Any] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated."""
+    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+
+    shardings: (the state's, the batch's) to run over a device mesh (train/sharding.py); the
+    function is the same, only its jit says where the arrays live. Metrics come back whole.
+    """
 
     def loss_fn(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array):
         outputs, model_state = apply_model(
@@ -78,13 +86,25 @@ def make_train_step(
         )
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=0)
+    state_sharding, batch_sharding = shardings
+    whole = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, whole),
+        donate_argnums=0,
+    )
 
 
-def make_eval_step(model: nn.Module, task: LossTask) -> Callable[[TrainState, Batch], Metrics]:
+def make_eval_step(
+    model: nn.Module, task: LossTask, shardings: tuple[Any, Any] | None = None
+) -> Callable[[TrainState, Batch], Metrics]:
     """The jitted `eval_step(state, batch) -> metrics`, with 'count' = number of real examples.
 
     Metrics are means over the batch's real examples; the host weights them by 'count'.
+    shardings: (the state's, the batch's), as for the train step.
     """
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
@@ -93,7 +113,10 @@ def make_eval_step(model: nn.Module, task: LossTask) -> Callable[[TrainState, Ba
         count = jnp.sum(batch["mask"]) if "mask" in batch else jnp.asarray(batch["inputs"].shape[0])
         return {"loss": loss, **metrics, "count": count.astype(jnp.float32)}
 
-    return jax.jit(eval_step)
+    if shardings is None:
+        return jax.jit(eval_step)
+    whole = NamedSharding(shardings[1].mesh, PartitionSpec())
+    return jax.jit(eval_step, in_shardings=shardings, out_shardings=whole)
 
 
 def merge_params(fresh: PyTree, given: PyTree) -> PyTree:
@@ -124,13 +147,15 @@ def init_state(
     example_inputs: jax.Array,
     seed: int,
     init_params: PyTree | None = None,
+    shardings: Callable[[TrainState], Any] | None = None,
 ) -> TrainState:
     """Initialise parameters (inside jit: eager init is slow), model state and optimizer state.
 
     `init_params`, if given, replaces the matching part of the fresh parameters (see merge_params).
+    `shardings`, if given, maps the abstract state to its shardings: each array is created
+    where it lives (a sharded model is never whole on one device).
     """
 
-    @jax.jit
     def init(key, example, given):
         # the seed is an argument, not a constant: one compiled program serves every seed
         init_key, dropout_key, run_key = jax.random.split(key, 3)
@@ -147,4 +172,7 @@ def init_state(
             rng=run_key,
         )
 
-    return init(jax.random.key(seed), example_inputs, init_params)
+    args = (jax.random.key(seed), example_inputs, init_params)
+    if shardings is None:
+        return jax.jit(init)(*args)
+    return jax.jit(init, out_shardings=shardings(jax.eval_shape(init, *args)))(*args)

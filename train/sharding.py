@@ -1,0 +1,216 @@
+"""Sharding the one train step over devices and hosts with JAX's own machinery: a device mesh,
+`NamedSharding`s for the batch and the train state, and `jax.jit` with those shardings (XLA's
+SPMD partitioner inserts every collective; nothing here is hand-written parallelism).
+
+Mesh axes (legend):
+- "data":   the batch is split over it; parameters are copied on it (data parallelism);
+- "fsdp":   the batch is split over it too, and each large parameter (and its optimizer state)
+            is split along its largest divisible axis (fully sharded data parallelism, ZeRO-3);
+- "tensor": Megatron-style splits of the Transformer's attention heads and feed-forward hidden
+            units and of the MLP's hidden layers; the batch is copied on it.
+
+The train state's shardings follow the parameters': the optimizer state's moment trees take
+their parameter's sharding (`optax.tree_map_params`), counters are replicated.
+Multi-host: `initialize_distributed()` (`jax.distributed.initialize`, which detects SLURM and
+TPU pods), then every process runs the same program; each feeds the shards of the global batch
+that its devices hold (`shard_batch`).
+"""
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from train.optim import param_path
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Megatron-style splits: (path pattern, the axis of the parameter split over "tensor").
+TENSOR_RULES: tuple[tuple[str, int], ...] = (
+    (r"(query|key|value)/kernel$", 1),  # [d, h, e]: split the heads
+    (r"(query|key|value)/bias$", 0),  # [h, e]
+    (r"attention/out/kernel$", 0),  # [h, e, d]: the heads again (row-parallel)
+    (r"feed_forward/hidden/kernel$", 1),  # [d, f]: column-parallel
+    (r"feed_forward/hidden/bias$", 0),  # [f]
+    (r"feed_forward/output/kernel$", 0),  # [f, d]: row-parallel
+    (r"^hidden_\d*[02468]/kernel$", 1),  # MLP: even hidden layers column-parallel,
+    (r"^hidden_\d*[02468]/bias$", 0),
+    (r"^hidden_\d*[13579]/kernel$", 0),  # odd ones row-parallel
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+    """Devices per mesh axis; -1 on one axis: every device the other axes leave."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    fsdp_min_size: int = 4096
+    """Parameters with fewer elements stay whole on the fsdp axis (splitting costs more)."""
+
+    def shape(self, devices: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(
+                f"sharding sizes must be positive, one of them may be -1; got data {self.data}, "
+                f"fsdp {self.fsdp}, tensor {self.tensor}"
+            )
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if devices % known:
+                raise ValueError(
+                    f"{devices} devices do not split into fsdp x tensor = {known}; set "
+                    "--sharding.fsdp / --sharding.tensor to divide the device count"
+                )
+            sizes[sizes.index(-1)] = devices // known
+        if math.prod(sizes) != devices:
+            raise ValueError(
+                f"the mesh data {sizes[0]} x fsdp {sizes[1]} x tensor {sizes[2]} = "
+                f"{math.prod(sizes)} devices, but {devices} are present; make the product equal "
+                "the device count (or set one axis to -1)"
+            )
+        return tuple(sizes)
+
+    def batch_ways(self, devices: int) -> int:
+        """How many parts the batch is split into (data x fsdp)."""
+        data, fsdp, _ = self.shape(devices)
+        return data * fsdp
+
+
+def make_mesh(config: ShardingConfig, devices: list | None = None) -> Mesh:
+    devices = list(jax.devices()) if devices is None else devices
+    shape = config.shape(len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), AXES)
+
+
+def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh, config: ShardingConfig):
+    """The PartitionSpec of one parameter: tensor rule, then fsdp on the largest free axis."""
+    spec: list[Any] = [None] * len(shape)
+    tensor = mesh.shape["tensor"]
+    if tensor > 1:
+        for pattern, axis in TENSOR_RULES:
+            if re.search(pattern, path) and axis < len(shape) and shape[axis] % tensor == 0:
+                spec[axis] = "tensor"
+                break
+    fsdp = mesh.shape["fsdp"]
+    if fsdp > 1 and math.prod(shape) >= config.fsdp_min_size:
+        free = [a for a in range(len(shape)) if spec[a] is None and shape[a] % fsdp == 0]
+        if free:
+            spec[max(free, key=lambda a: shape[a])] = "fsdp"
+    return PartitionSpec(*spec)
+
+
+def param_shardings(params: Any, mesh: Mesh, config: ShardingConfig) -> Any:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, param_spec(param_path(path), x.shape, mesh, config)),
+        params,
+    )
+
+
+def state_shardings(
+    state: Any, tx: optax.GradientTransformation, mesh: Mesh, config: ShardingConfig
+) -> Any:
+    """Shardings for a (possibly abstract) TrainState: parameters by `param_spec`, optimizer
+    state leaves shaped like a parameter by that parameter's, everything else replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = param_shardings(state.params, mesh, config)
+    opt_state = optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        state.opt_state,
+        params,
+        transform_non_params=lambda _: replicated,
+    )
+    return state.replace(
+        step=replicated,
+        params=params,
+        model_state=jax.tree.map(lambda _: replicated, state.model_state),
+        opt_state=opt_state,
+        rng=replicated,
+    )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The leading (example) axis over data x fsdp, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def shard_batch(batch: Any, sharding: NamedSharding) -> Any:
+    """Global arrays from a host batch that every process computes in full (the tasks' batches
+    are pure functions of the data position): each process fills only its own devices."""
+
+    def place(x: np.ndarray) -> jax.Array:
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(place, batch)
+
+
+def spec_text(sharding: Any) -> str:
+    """ "P(None, 'fsdp')" for an array split on its second axis, "P()" for a whole one."""
+    spec = getattr(sharding, "spec", None)
+    if spec is None:
+        return str(sharding)
+    entries = list(spec)
+    return "P()" if all(e is None for e in entries) else f"P({', '.join(map(repr, entries))})"
+
+
+def describe(tree: Any) -> dict[str, str]:
+    """path -> how each array leaf is split: what the tests and users check."""
+    return {
+        param_path(path): spec_text(x.sharding)
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def initialize_distributed() -> None:
+    """Join a multi-process run through `jax.distributed.initialize`, before any device is
+    touched. On SLURM and TPU pods it finds the coordinator, process count and index itself;
+    elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID. CPU processes exchange data through gloo."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(
+        num_processes=None if count is None else int(count),
+        process_id=None if index is None else int(index),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a run's arrays live: on one device (mesh None: plain jit, nothing moved), or over
+    a mesh built from the run's ShardingConfig when more than one device is present."""
+
+    mesh: Mesh | None
+    config: ShardingConfig
+
+    @classmethod
+    def for_run(cls, config: ShardingConfig) -> "Placement":
+        return cls(make_mesh(config) if jax.device_count() > 1 else None, config)
+
+    @property
+    def batch_ways(self) -> int:
+        return 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+    def state_shardings(self, tx: optax.GradientTransformation):
+        """For init_state: abstract state -> its shardings (None on one device)."""
+        if self.mesh is None:
+            return None
+        return lambda abstract: state_shardings(abstract, tx, self.mesh, self.config)
+
+    def step_shardings(self, state: Any) -> tuple[Any, Any] | None:
+        """(the state's, the batch's) shardings for make_train_step / make_eval_step."""
+        if self.mesh is None:
+            return None
+        return jax.tree.map(lambda x: x.sharding, state), batch_sharding(self.mesh)
+
+    def batch(self, batch: Any) -> Any:
+        return batch if self.mesh is None else shard_batch(batch, batch_sharding(self.mesh))
