@@ -120,15 +120,26 @@ class TransformerBlock(nn.Module):
 
 class TransformerStack(nn.Module):
     """`num_layers` blocks (an encoder, or a decoder with `cross_attention`), then a final
-    LayerNorm when the blocks are pre-norm."""
+    LayerNorm when the blocks are pre-norm.
+
+    remat: recompute each block's activations in the backward pass instead of storing them
+    (`nn.remat`, i.e. jax.checkpoint per block): memory for time. scan_layers: one block's
+    program scanned over stacked parameters [num_layers, ...] (`nn.scan`), so compile time does
+    not grow with depth; the parameters then live under `layers` with a leading layer axis, and
+    decoding with a cache needs scan_layers=False."""
 
     num_layers: int
     block: TransformerBlock
     """The template of every block, made with parent=None (each layer gets a copy with its own
     parameters: blocks_0, blocks_1, ...)."""
+    remat: bool = False
+    scan_layers: bool = False
 
     def setup(self) -> None:
-        self.blocks = [self.block.clone() for _ in range(self.num_layers)]
+        if self.scan_layers:
+            self.layers = self.block.clone()
+        else:
+            self.blocks = [self.block.clone() for _ in range(self.num_layers)]
         if self.block.norm == "pre":
             self.final_norm = nn.LayerNorm(
                 dtype=self.block.dtype, param_dtype=self.block.param_dtype
@@ -138,13 +149,29 @@ class TransformerStack(nn.Module):
         return self.final_norm(x) if self.block.norm == "pre" else x
 
     def __call__(self, x: jax.Array, **options: Any) -> jax.Array:
+        def run(block: TransformerBlock, x: jax.Array) -> jax.Array:
+            return block(x, **options)  # options (masks, flags) are closed over, not traced
+
+        if self.remat:
+            run = nn.remat(run)
+        if self.scan_layers:
+            scanned = nn.scan(
+                lambda block, x, _: (run(block, x), None),
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                length=self.num_layers,
+            )
+            x, _ = scanned(self.layers, x, None)
+            return self.finish(x)
         for block in self.blocks:
-            x = block(x, **options)
+            x = run(block, x)
         return self.finish(x)
 
     def decode_step(
         self, caches: list[Cache], x: jax.Array, index: jax.Array, **memory: Any
     ) -> tuple[jax.Array, list[Cache]]:
+        if self.scan_layers:
+            raise ValueError("decoding with a cache needs scan_layers=False")
         new_caches = []
         for cache, block in zip(caches, self.blocks, strict=True):
             x, cache = block.decode_step(cache, x, index, **memory)
@@ -176,6 +203,10 @@ class TransformerModel(nn.Module):
     block_size: int = 512
     """Queries / keys per block of the blockwise kernel: 512 measured fastest at t >= 2048,
     128 at t = 512 (experiments/attention_speed.py)."""
+    remat: bool = False
+    """Recompute each block's activations in the backward pass (jax.checkpoint per block)."""
+    scan_layers: bool = False
+    """Scan one block over stacked parameters: compile time independent of depth."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -198,7 +229,7 @@ class TransformerModel(nn.Module):
             self.block_size,
             parent=None,
         )
-        return TransformerStack(self.num_layers, block, name=name)
+        return TransformerStack(self.num_layers, block, self.remat, self.scan_layers, name=name)
 
     @nn.nowrap
     def make_embedding(self, vocab_size: int, name: str | None = None) -> nn.Embed:

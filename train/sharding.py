@@ -95,8 +95,10 @@ def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh, config: ShardingCo
     """The PartitionSpec of one parameter: tensor rule, then fsdp on the largest free axis."""
     spec: list[Any] = [None] * len(shape)
     tensor = mesh.shape["tensor"]
+    stacked = 1 if re.search(r"(^|/)layers/", path) else 0  # scan_layers: a leading layer axis
     if tensor > 1:
         for pattern, axis in TENSOR_RULES:
+            axis += stacked
             if re.search(pattern, path) and axis < len(shape) and shape[axis] % tensor == 0:
                 spec[axis] = "tensor"
                 break
