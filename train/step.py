@@ -5,6 +5,7 @@ once with the state donated. Metrics are device arrays: the loss, the task's met
 global norms of the gradients, parameters and updates; the host reduces and logs them.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -49,17 +50,10 @@ def apply_model(
     return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
 
 
-def make_train_step(
-    model: nn.Module,
-    task: LossTask,
-    tx: optax.GradientTransformation,
-    shardings: tuple[Any, Any] | None = None,
+def train_step_function(
+    model: nn.Module, task: LossTask, tx: optax.GradientTransformation
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
-
-    shardings: (the state's, the batch's) to run over a device mesh (train/sharding.py); the
-    function is the same, only its jit says where the arrays live. Metrics come back whole.
-    """
+    """The pure `train_step(state, batch) -> (state, metrics)`, before jit (ensembles vmap it)."""
 
     def loss_fn(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array):
         outputs, model_state = apply_model(
@@ -86,6 +80,21 @@ def make_train_step(
         )
         return new_state, metrics
 
+    return train_step
+
+
+def make_train_step(
+    model: nn.Module,
+    task: LossTask,
+    tx: optax.GradientTransformation,
+    shardings: tuple[Any, Any] | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+
+    shardings: (the state's, the batch's) to run over a device mesh (train/sharding.py); the
+    function is the same, only its jit says where the arrays live. Metrics come back whole.
+    """
+    train_step = train_step_function(model, task, tx)
     if shardings is None:
         return jax.jit(train_step, donate_argnums=0)
     state_sharding, batch_sharding = shardings
@@ -141,6 +150,28 @@ def merge_params(fresh: PyTree, given: PyTree) -> PyTree:
     return flax.traverse_util.unflatten_dict({**flat_fresh, **given_cast}, sep="/")
 
 
+def initial_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    example: jax.Array,
+    given: PyTree | None = None,
+) -> TrainState:
+    """The fresh state for a PRNG key (traceable: jit it, or vmap it over keys)."""
+    init_key, dropout_key, run_key = jax.random.split(key, 3)
+    variables = dict(model.init({"params": init_key, "dropout": dropout_key}, example, train=False))
+    params = variables.pop("params")
+    if given is not None:
+        params = merge_params(params, given)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=variables,
+        opt_state=tx.init(params),
+        rng=run_key,
+    )
+
+
 def init_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -155,23 +186,8 @@ def init_state(
     `shardings`, if given, maps the abstract state to its shardings: each array is created
     where it lives (a sharded model is never whole on one device).
     """
-
-    def init(key, example, given):
-        # the seed is an argument, not a constant: one compiled program serves every seed
-        init_key, dropout_key, run_key = jax.random.split(key, 3)
-        variables = model.init({"params": init_key, "dropout": dropout_key}, example, train=False)
-        variables = dict(variables)
-        params = variables.pop("params")
-        if given is not None:
-            params = merge_params(params, given)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            model_state=variables,
-            opt_state=tx.init(params),
-            rng=run_key,
-        )
-
+    # the seed is an argument, not a constant: one compiled program serves every seed
+    init = functools.partial(initial_state, model, tx)
     args = (jax.random.key(seed), example_inputs, init_params)
     if shardings is None:
         return jax.jit(init)(*args)
