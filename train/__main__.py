@@ -13,9 +13,11 @@ from typing import Annotated, Union
 import tyro
 
 from arch import MODELS, describe
+from train.checkpoint import CheckpointConfig
 from train.loop import NonFiniteError, Preempted, RunConfig, fit
 from train.optim import OptimConfig
 from train.report import format_table
+from train.sharding import ShardingConfig, initialize_distributed
 from train.tasks import TASKS, describe_task
 from train.validate import unknown_name
 
@@ -40,6 +42,8 @@ class Command:
     task: choices(TASKS, describe_task)
     optim: OptimConfig = OptimConfig()
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    sharding: ShardingConfig = ShardingConfig()
 
 
 def listing() -> str:
@@ -69,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
         config=(tyro.conf.CascadeSubcommandArgs,),
         description=__doc__.splitlines()[0],
     )
-    run = command.run
+    run = dataclasses.replace(command.run, checkpoint=command.checkpoint, sharding=command.sharding)
+    if run.distributed:
+        initialize_distributed()
     if run.run_dir is None:
         run = dataclasses.replace(
             run, run_dir=f"runs/{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"

@@ -12,11 +12,12 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+import tyro
 
 from train.checkpoint import CheckpointConfig, Checkpoints, config_differences
 from train.logger import MetricsLogger, Progress
@@ -58,10 +59,14 @@ class RunConfig:
     """Keep compiled programs in a user cache directory so the next start skips compilation."""
     progress: Progress = "auto"
     tensorboard: bool = True
-    checkpoint: CheckpointConfig = CheckpointConfig()
+    checkpoint: Annotated[CheckpointConfig, tyro.conf.Suppress] = CheckpointConfig()
     """Checkpoints in RUN_DIR/checkpoints (train/checkpoint.py); re-running the same command
     with the same run directory resumes from the latest."""
-    sharding: ShardingConfig = ShardingConfig()
+    distributed: bool = False
+    """Join a multi-process run (jax.distributed.initialize; `python -m train` calls it before
+    touching a device): SLURM and TPU pods are detected, elsewhere set JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    sharding: Annotated[ShardingConfig, tyro.conf.Suppress] = ShardingConfig()
     """The device mesh when more than one device is present (train/sharding.py); default:
     data parallel over every device."""
 
