@@ -10,7 +10,7 @@ import pytest
 from arch import MLP, MODELS, LeNet, Perceptron
 from train.__main__ import main
 from train.checkpoint import CheckpointConfig
-from train.loop import FitResult, NonFiniteError, RunConfig, fit
+from train.loop import FitResult, NonFiniteError, RunConfig, evaluate, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Digits, Xor
 from train.validate import adapt_model
@@ -276,3 +276,22 @@ def test_fit_result_curve_lists_a_metric_at_every_evaluation_of_a_split():
     result = FitResult(model=None, state=None, summary={}, history=history)
     assert result.curve("loss") == [(1, 1.5), (2, 1.0)]
     assert result.curve("loss", split="train") == [(1, 2.0)]
+
+
+def test_evaluate_weights_positions_and_per_example_metrics_apart():
+    """Two batches: 10 real positions in 2 examples, then 2 positions in 2 examples: a
+    per-position metric is weighted 10 : 2, a "sequence_*" one 2 : 2."""
+
+    class Stub:
+        def eval_batches(self, split, batch_size):
+            return [0, 1]
+
+        def finalize_metrics(self, metrics):
+            return metrics
+
+    results = [
+        {"accuracy": 1.0, "sequence_accuracy": 1.0, "count": 10.0, "examples": 2.0},
+        {"accuracy": 0.0, "sequence_accuracy": 0.0, "count": 2.0, "examples": 2.0},
+    ]
+    means = evaluate(lambda state, i: results[i], None, Stub(), "test", 2)
+    assert means == {"accuracy": 10 / 12, "sequence_accuracy": 0.5}

@@ -170,13 +170,18 @@ def run_config_dict(model: nn.Module, task: Any, optim: OptimConfig, run: RunCon
 def evaluate(
     eval_step, state: TrainState, task: Any, split: str, batch_size: int, place=lambda b: b
 ) -> dict[str, float]:
-    """Metrics over every example of `split`: batch means weighted by their real examples
-    (`place` puts a host batch where the eval step expects it)."""
+    """Metrics over every example of `split`: batch means weighted by their real positions
+    (per-example "sequence_*" metrics by their real examples); `place` puts a host batch where
+    the eval step expects it."""
     batches = [eval_step(state, place(b)) for b in task.eval_batches(split, batch_size)]
     batches = jax.device_get(batches)
-    counts = np.array([b["count"] for b in batches])
-    keys = [key for key in batches[0] if key != "count"]
-    means = {key: float(np.dot([b[key] for b in batches], counts) / counts.sum()) for key in keys}
+    weights = {name: np.array([b[name] for b in batches]) for name in ("count", "examples")}
+    means = {}
+    for key in batches[0]:
+        if key in weights:
+            continue
+        weight = weights["examples" if key.startswith("sequence_") else "count"]
+        means[key] = float(np.dot([b[key] for b in batches], weight) / weight.sum())
     return task.finalize_metrics(means)
 
 

@@ -110,17 +110,28 @@ def make_train_step(
 def make_eval_step(
     model: nn.Module, task: LossTask, shardings: tuple[Any, Any] | None = None
 ) -> Callable[[TrainState, Batch], Metrics]:
-    """The jitted `eval_step(state, batch) -> metrics`, with 'count' = number of real examples.
+    """The jitted `eval_step(state, batch) -> metrics`, with 'count' = the real positions the
+    mask counts (examples, or steps for per-step masks) and 'examples' = the real examples.
 
-    Metrics are means over the batch's real examples; the host weights them by 'count'.
+    Metrics are means over the batch's real positions; the host weights them by 'count', and
+    per-example metrics (named "sequence_*") by 'examples'.
     shardings: (the state's, the batch's), as for the train step.
     """
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         outputs, _ = apply_model(model, state, state.params, batch["inputs"], train=False)
         loss, metrics = task.loss(outputs, batch)
-        count = jnp.sum(batch["mask"]) if "mask" in batch else jnp.asarray(batch["inputs"].shape[0])
-        return {"loss": loss, **metrics, "count": count.astype(jnp.float32)}
+        if "mask" in batch:
+            mask = batch["mask"].reshape(batch["mask"].shape[0], -1)  # [b, steps or 1]
+            count, examples = jnp.sum(mask), jnp.sum(jnp.any(mask > 0, axis=1))
+        else:
+            count = examples = jnp.asarray(jax.tree.leaves(batch["inputs"])[0].shape[0])
+        return {
+            "loss": loss,
+            **metrics,
+            "count": count.astype(jnp.float32),
+            "examples": examples.astype(jnp.float32),
+        }
 
     if shardings is None:
         return jax.jit(eval_step)

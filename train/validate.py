@@ -43,6 +43,13 @@ def adapt_model(model: nn.Module, task: Any) -> nn.Module:
     return model.clone(**changes) if changes else model
 
 
+def shapes(inputs: Any) -> Any:
+    """(32, 128) for an array, {"source": (32, 20), ...} for a dict of them."""
+    if isinstance(inputs, dict):
+        return {k: tuple(v.shape) for k, v in inputs.items()}
+    return tuple(inputs.shape)
+
+
 def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
     """Trace the model on one batch (no compilation) and check its output shape."""
     inputs = batch["inputs"]
@@ -57,7 +64,7 @@ def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
         )
         raise ValueError(
             f"{type(model).__name__} outputs shape {tuple(shape)} on "
-            f"{type(task).__name__} inputs {tuple(inputs.shape)}, but the task's loss "
+            f"{type(task).__name__} inputs {shapes(inputs)}, but the task's loss "
             f"needs {expected}; {hint}"
         )
 
