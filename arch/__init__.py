@@ -2,7 +2,7 @@
 
 import flax.linen as nn
 
-from arch.cnn import LeNet, ResNet
+from arch.cnn import Detector, LeNet, ResNet
 from arch.encoder import MaskedLanguageModel, TransformerClassifier
 from arch.linear_rnn import (
     LinearRecurrentClassifier,
@@ -21,6 +21,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "lenet": LeNet,
     "resnet": ResNet,
+    "detector": Detector,
     "rnn": RNNClassifier,
     "rnn_tagger": RNNTagger,
     "rnn_lm": RNNLanguageModel,
@@ -43,6 +44,7 @@ def describe(cls: type) -> str:
 
 
 __all__ = [
+    "Detector",
     "MLP",
     "EncoderDecoderTransformer",
     "LinearRecurrentClassifier",

@@ -1,6 +1,7 @@
-"""Convolutional networks: a LeNet-style CNN and a small ResNet with BatchNorm.
+"""Convolutional networks: a LeNet-style CNN, a small ResNet with BatchNorm, and a
+single-shot grid detector in the style of YOLO.
 
-Legend: b batch, y height, x width, c channels, k outputs.
+Legend: b batch, y height, x width, c channels, k outputs, s grid cells per side.
 """
 
 from typing import Literal
@@ -148,3 +149,37 @@ class ResNet(nn.Module):
         return nn.Dense(
             self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
         )(x)
+
+
+class Detector(nn.Module):
+    """Single-shot grid detector (YOLO style): a CNN down to an s x s grid, one box per cell.
+
+    Each (convolution, activation, max-pool) block halves the image, so an image of side n
+    becomes a grid of side n / 2^len(channels) (48 -> 6 with the defaults: cells of 8 pixels).
+    A 3x3 convolution on the grid mixes neighbouring cells (an object is larger than a cell);
+    a 1x1 convolution then predicts, per cell, 5 + num_classes raw numbers: an objectness
+    logit, four box numbers and the class logits. What they mean (sigmoid offsets of the box
+    centre in the cell, square roots of its size relative to the image), the loss and the
+    decoding with non-maximum suppression belong to the task (train/tasks/scenes.py).
+    """
+
+    num_classes: int = 4
+    channels: tuple[int, ...] = (16, 32, 64)
+    grid_channels: int = 64
+    activation: Activation = "relu"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+        act = activation_fn(self.activation)
+        conv = lambda c, k, name: nn.Conv(
+            c, (k, k), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
+        x = as_images(inputs, "Detector")  # [b, y, x, c]
+        for i, width in enumerate(self.channels):
+            x = act(conv(width, 3, f"conv_{i}")(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")  # [b, y/2, x/2, c_i]
+        x = act(conv(self.grid_channels, 3, "grid_conv")(x))  # [b, s, s, c]
+        # per cell: objectness logit, 4 box numbers, class logits
+        return conv(5 + self.num_classes, 1, "head")(x)  # [b, s, s, 5 + k]

@@ -7,6 +7,7 @@ from train.tasks.language import MarkovLanguage, TextFile
 from train.tasks.masked import MaskedMarkovLanguage, MaskedTextFile
 from train.tasks.order import Reverse, Sorted
 from train.tasks.points import Blobs, Circles, Xor
+from train.tasks.scenes import Scenes
 from train.tasks.sequences import Adding, Copy
 from train.tasks.series import RandomWalk, Sines
 from train.tasks.translation import Translation
@@ -19,6 +20,7 @@ TASKS: dict[str, type] = {
     "digits_rows": DigitsRows,
     "digits_pixels": DigitsPixels,
     "mnist": Mnist,
+    "scenes": Scenes,
     "adding": Adding,
     "copy": Copy,
     "reverse": Reverse,
@@ -51,6 +53,7 @@ __all__ = [
     "PlantedCorpus",
     "RandomWalk",
     "Reverse",
+    "Scenes",
     "Sines",
     "Sorted",
     "StreamTask",

@@ -1,0 +1,221 @@
+"""Object detection on generated scenes: a small YOLO-style grid detector finds and names shapes.
+
+Claim: a single-shot grid detector (arch.cnn.Detector: three conv / max-pool blocks from a
+48x48 scene to a 6x6 grid, a 3x3 convolution on the grid, a 1x1 head with objectness, box and
+class outputs per cell; one box per cell), trained through the shared train step on the
+generated `scenes` task (1-4 non-overlapping squares, circles, triangles and handwritten
+digits of 10-24 pixels, pixel noise 0.05), reaches a mean average precision at IoU 0.5 above
+0.9 on 512 held-out test scenes (digits from images never seen in training). "holds" =
+test mAP@0.5 > 0.9 (the issue asked for well above chance, e.g. > 0.7; a 500-step probe
+already reached 0.975, so the bar is set higher). mAP at IoU 0.75 is reported beside it as a
+measure of how tight the boxes are.
+
+mAP@0.5 is Pascal VOC's (2010+): per class, detections of all test scenes ranked by score,
+greedy matching to the best-overlapping unmatched true box at IoU >= 0.5, all-point
+interpolated area under precision-recall; the mean over the 4 classes
+(train/detection_metrics.py, tested against hand-worked cases). Detections are the decoded
+cells with score = objectness x class probability >= 0.05, after NMS within each class at
+IoU 0.5. The picture (detection.png) draws held-out scenes with the true boxes (dashed) and
+the detections scoring >= 0.5.
+
+Command: `python -m experiments.detection` (`--steps 2500`, `--smoke`).
+Expected runtime on a 2-core CPU: about 4 minutes (249 s measured, load average about 5 from
+other jobs; 241 s of it the 2500 steps). Smoke: 10-20 s.
+
+Result (2500 Adam steps at lr 3e-3, 100 warm-up steps then cosine decay, batch 32, seed 0;
+60,809 parameters; jax 0.10.2, float32, 2-core CPU). 512 test scenes, 1,232 objects:
+
+    class      objects  AP@0.5  AP@0.75
+    square     295      1.000   0.979
+    circle     316      1.000   0.977
+    triangle   305      1.000   0.978
+    digit      316      0.994   0.674
+    mean (mAP)          0.998   0.902
+
+The claim held (holds = true): test mAP@0.5 0.998 (validation 0.996), class accuracy of the
+responsible cells 1.000. The task is easy at IoU 0.5: a 500-step probe (35 s of training)
+already reached 0.975. The boxes of the digits are the loosest (AP@0.75 0.674): their tight
+box depends on where the ink of a blocky, upscaled 8x8 digit ends, and a "1" is a narrow
+box whose width error costs much IoU.
+"""
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+import tyro
+
+from arch import MODELS
+from train.detection_metrics import mean_average_precision
+from train.loop import RunConfig, fit
+from train.optim import OptimConfig
+from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.tasks import TASKS
+from train.tasks.scenes import CLASSES, detect
+
+CLAIM = (
+    "A small YOLO-style grid detector trained through the shared step reaches mAP@0.5 > 0.9 "
+    "on held-out generated scenes of squares, circles, triangles and digits."
+)
+MAP_BAR = 0.9
+COLOURS = ("tab:orange", "tab:cyan", "tab:pink", "tab:olive")  # one per class
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    steps: int = 2500
+    batch_size: int = 32
+    lr: float = 3e-3
+    """Peak learning rate of Adam: linear warm-up, then cosine decay to 0."""
+    warmup_steps: int = 100
+    num_eval: int = 512
+    """Scenes in the validation and the test set."""
+    score_threshold: float = 0.05
+    """Lowest score a detection may have to count for mAP (a low bar: mAP ranks them)."""
+    picture_threshold: float = 0.5
+    """Lowest score a detection may have to be drawn."""
+    evaluations: int = 5
+    seed: int = 0
+    smoke: bool = False
+    """Finish in seconds: few steps, small evaluation sets."""
+    run_dir: str | None = None
+    """Where results.json, detection.png and the run go (runs/experiments/detection)."""
+
+
+def predict(result, task, split: str, batch_size: int = 256) -> np.ndarray:
+    """The trained model's outputs [n, s, s, 5 + k] on every scene of `split`."""
+    variables = {"params": result.state.params, **result.state.model_state}
+    apply = jax.jit(lambda x: result.model.apply(variables, x, train=False))
+    inputs = task.data[split]["inputs"]
+    return np.concatenate(
+        [np.asarray(apply(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
+    )
+
+
+def truths_of(split_data: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    valid = split_data["labels"] >= 0
+    return [
+        (boxes[keep], labels[keep])
+        for boxes, labels, keep in zip(
+            split_data["boxes"], split_data["labels"], valid, strict=True
+        )
+    ]
+
+
+def plot(images, truths, detections, threshold: float, path: str, columns: int = 4) -> None:
+    from matplotlib.patches import Rectangle
+
+    rows = -(-len(images) // columns)
+    fig, axes = figure(rows, columns, figsize=(2.6 * columns, 2.6 * rows + 0.4), squeeze=False)
+    for ax, image, (true_boxes, _), (boxes, scores, classes) in zip(
+        axes.flat, images, truths, detections, strict=False
+    ):
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+        for x0, y0, x1, y1 in true_boxes:
+            ax.add_patch(
+                Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", ls="--")
+            )
+        for (x0, y0, x1, y1), score, label in zip(boxes, scores, classes, strict=True):
+            if score < threshold:
+                continue
+            colour = COLOURS[label]
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour))
+            ax.text(x0 - 0.5, y0 - 1, f"{CLASSES[label]} {score:.2f}", color=colour, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(images) :]:
+        ax.axis("off")
+    fig.suptitle(f"Held-out scenes: true boxes dashed green, detections with score >= {threshold}")
+    save_figure(fig, path, dpi=110)
+
+
+def summary_line(results: dict) -> str:
+    """A row for README.md's table of experiments: command, claim, result."""
+    per_class = ", ".join(f"{c} {ap:.3f}" for c, ap in zip(CLASSES, results["ap"], strict=True))
+    seconds = results["total_wall_time_s"]
+    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return (
+        f"| `python -m experiments.detection` (~{runtime}) | a small YOLO-style grid detector "
+        f"reaches mAP@0.5 > {MAP_BAR} on held-out generated scenes | "
+        f"**{'holds' if results['holds'] else 'fails'}.** {results['config']['steps']} Adam "
+        f"steps, {results['parameters']:,} params: test mAP@0.5 (VOC all-point) "
+        f"**{results['map']:.3f}** over {results['test_scenes']} scenes; AP {per_class}; "
+        f"mAP@0.75 {results['map_iou_0.75']:.3f}; validation mAP@0.5 "
+        f"{results['validation_map']:.3f}. |"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = tyro.cli(Config, args=argv)
+    if config.smoke:
+        config = dataclasses.replace(config, steps=20, num_eval=64, warmup_steps=5, evaluations=1)
+    out = experiment_dir("detection", config.run_dir)
+    task = TASKS["scenes"](batch_size=config.batch_size, num_eval=config.num_eval)
+    model = MODELS["detector"]()
+    optim = OptimConfig(
+        lr=config.lr, schedule="cosine", warmup_steps=min(config.warmup_steps, config.steps // 2)
+    )
+    start = time.perf_counter()
+    run = RunConfig.quiet(
+        config.steps, config.evaluations, seed=config.seed, run_dir=os.path.join(out, "run")
+    )
+    result = fit(model, task, optim, run)
+    scores = {}
+    for split in ("validation", "test"):
+        found = detect(predict(result, task, split), task.image_size, config.score_threshold)
+        scores[split] = (mean_average_precision(found, truths_of(task.data[split]), 4), found)
+    test, found = scores["test"]
+    strict = mean_average_precision(found, truths_of(task.data["test"]), 4, iou_threshold=0.75)
+    results = {
+        "claim": CLAIM,
+        "criterion": f"test mAP@0.5 > {MAP_BAR}",
+        "holds": bool(test["map"] > MAP_BAR),
+        "config": dataclasses.asdict(config),
+        "parameters": result.summary["parameters"],
+        "map": test["map"],
+        "ap": test["ap"],
+        "map_iou_0.75": strict["map"],
+        "ap_iou_0.75": strict["ap"],
+        "classes": list(CLASSES),
+        "test_objects_per_class": test["num_truths"],
+        "test_scenes": config.num_eval,
+        "validation_map": scores["validation"][0]["map"],
+        "final_metrics": result.summary["final"],
+        "train_time_s": result.summary["train_time"],
+        "compile_time_s": result.summary["compile_time"],
+        "total_wall_time_s": time.perf_counter() - start,
+    }
+    results["summary"] = summary_line(results)
+    write_results(out, results)
+    shown = 16
+    plot(
+        task.data["test"]["inputs"][:shown],
+        truths_of(task.data["test"])[:shown],
+        found[:shown],
+        config.picture_threshold,
+        os.path.join(out, "detection.png"),
+    )
+    table = [
+        {"class": c, "test objects": n, "AP@0.5": ap, "AP@0.75": ap_strict}
+        for c, n, ap, ap_strict in zip(
+            CLASSES, test["num_truths"], test["ap"], strict["ap"], strict=True
+        )
+    ]
+    table.append({"class": "mean (mAP)", "test objects": sum(test["num_truths"]),
+                  "AP@0.5": test["map"], "AP@0.75": strict["map"]})  # fmt: skip
+    print(format_table(table))
+    test_metrics = result.summary["final"]["test"]
+    print(
+        f"{results['parameters']:,} parameters, {config.steps} steps in "
+        f"{results['train_time_s']:.1f} s; test class accuracy "
+        f"{test_metrics['class_accuracy']:.3f}; claim holds: {results['holds']} "
+        f"({results['total_wall_time_s']:.1f} s in all); results in {out}"
+    )
+    print(results["summary"])
+    return results
+
+
+if __name__ == "__main__":
+    main()
