@@ -78,3 +78,20 @@ def test_while_loop_with_unknown_trip_count_is_reported_not_guessed():
 
     result = count(f, X, 3)
     assert any(name.startswith("while loop") for name in result.uncounted)
+
+
+def test_dead_code_is_not_counted():
+    """A product whose result nothing uses costs nothing (XLA drops it too), e.g. the primal
+    output of a jax.vjp taken only for its pullback."""
+
+    def f(x):
+        _ = x @ W  # dead
+        return x + 1.0
+
+    assert count(f, X).flops == 8 * 64
+
+    def pullback_only(x):
+        _, pull = jax.vjp(lambda x: x @ W, x)
+        return pull(jnp.ones((8, 32)))[0]
+
+    assert count(pullback_only, X).flops == 2 * 8 * 32 * 64  # g W^T only, not x W

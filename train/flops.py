@@ -15,8 +15,9 @@ every model family is counted by the same rule (no per-architecture formula):
 - a while loop with a trip count unknown at trace time, or a primitive this module does not
   know, is named in `uncounted` rather than guessed.
 
-The counts are of the program as written, before XLA's fusion or simplification: on loop-free
-programs they agree with XLA's count to within a few percent (tests/test_flops.py).
+The counts are of the program as written, after JAX's dead-code elimination but before XLA's
+fusion or simplification: on loop-free programs they agree with XLA's count to within a few
+percent (tests/test_flops.py).
 """
 
 import collections
@@ -132,7 +133,19 @@ def count_jaxpr(jaxpr: Any) -> Count:
     return total
 
 
+def without_dead_code(jaxpr: Any) -> Any:
+    """The jaxpr without equations whose results nothing uses (XLA drops them too: e.g. the
+    primal outputs of a jax.vjp taken only for its pullback). JAX's own pass; a private API, so
+    if it moves the jaxpr is counted as it is."""
+    try:
+        from jax._src.interpreters import partial_eval  # noqa: PLC0415
+
+        return partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover
+        return jaxpr
+
+
 def count(function: Callable, *args: Any, **kwargs: Any) -> Count:
-    """The Count of `function(*args, **kwargs)` (traced, never run; arguments may be
-    jax.ShapeDtypeStruct)."""
-    return count_jaxpr(jax.make_jaxpr(function)(*args, **kwargs))
+    """The Count of `function(*args, **kwargs)` after dead-code elimination (traced, never run;
+    arguments may be jax.ShapeDtypeStruct)."""
+    return count_jaxpr(without_dead_code(jax.make_jaxpr(function)(*args, **kwargs).jaxpr))
