@@ -30,15 +30,17 @@ from arch.layers import RowDense
 Kernel = Literal["auto", "einsum", "xla", "cudnn", "blockwise"]
 KERNELS = ("auto", "einsum", "xla", "cudnn", "blockwise")
 MASKED = float(jnp.finfo(jnp.float32).min)
-LONG_SEQUENCE = 2048
-""""auto" uses the blockwise kernel from this many keys on (experiments/attention_speed.py, CPU,
-causal fwd + bwd at t = 4096: blockwise 0.78x PyTorch's SDPA time, einsum 3.3x)."""
+LONG_SEQUENCE = 512
+""""auto" uses the blockwise kernel from this many keys on: measured on a 2-core CPU
+(experiments/recurrence_vs_attention.py, 1M-parameter GPT, batch 4, train step): blockwise
+0.82x einsum's time at 512 keys, 0.35x at 2048; einsum 0.90x blockwise's at 128."""
 
 
 def choose_kernel(backend: str, dtype: jnp.dtype, width: int, keys: int, key_mask: bool) -> str:
     """The kernel "auto" runs: "cudnn" on a GPU in float16 / bfloat16 when cuDNN's flash
     attention takes the shape (head width <= 128, a multiple of 8, no padding mask: only the
-    causal mask is passed to it), else "blockwise" from LONG_SEQUENCE keys on, else "einsum"."""
+    causal mask is passed to it), else "blockwise" from LONG_SEQUENCE (512) keys on, else
+    "einsum"."""
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if backend == "gpu" and half and width <= 128 and width % 8 == 0 and not key_mask:
         return "cudnn"

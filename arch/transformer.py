@@ -199,7 +199,7 @@ class TransformerModel(nn.Module):
     """Longest sequence the learned positions cover (and the longest decoding cache)."""
     kernel: Kernel = "auto"
     """Attention kernel (arch/attention.py); "auto": cuDNN flash attention on a GPU in half
-    precision, the blockwise kernel from 2048 keys on, else einsum (`choose_kernel`)."""
+    precision, the blockwise kernel from 512 keys on, else einsum (`choose_kernel`)."""
     block_size: int = 512
     """Queries / keys per block of the blockwise kernel: 512 measured fastest at t >= 2048,
     128 at t = 512 (experiments/attention_speed.py)."""

@@ -5,7 +5,7 @@ Claim: for training, attention is faster than recurrence at short lengths and re
 recurrent state's per-token cost and memory stay constant while a key/value cache's grow with
 the context.
 
-Command: python -m experiments.recurrence_vs_attention      (quick: 6 min at load 7, see below)
+Command: python -m experiments.recurrence_vs_attention      (quick: 140 s on a quiet 2-core CPU)
          python -m experiments.recurrence_vs_attention --no-quick --preset 10m --precision bfloat16
          ... --families lstm mamba gpt-einsum --lengths 256 1024 --batch-size 8 --new-tokens 32
 
@@ -35,31 +35,32 @@ the shortest length and faster at the longest. Generation holds if every recurre
 the same bytes and decode FLOPs at every L (one program: its ms/token differ by noise only)
 while every cache grows with L and its ms/token at the longest L is >= 1.5x the shortest's.
 
-Result (quick, 2 cores of an AMD EPYC shared with other jobs: load average 6.4-7.0, nice 19;
-jax 0.10.2, float32, batch 4, N 64; measured matmul peak 128 GFLOP/s, a third of a quiet one;
-wall 356 s, 250 s of CPU time; a first run at load 8-9 gave the same picture, with train times
-differing by up to 1.6x, so read the crossovers as +-2x):
+Result (quick, 2 cores of an AMD EPYC, quiet machine; jax 0.10.2, float32, batch 4, N 64;
+measured float32 matmul peak used for utilisation; wall 140 s):
 
     family         params     train ms (128/512/2048)  prefill ms (2048)  gen ms/token (128/2048)
-    elman          1,000,816  31.2/209/897             211                0.076/0.095
-    lstm           1,014,112  48.8/345/1235            249                0.064/0.066
-    gru            1,000,968  105/485/1828             373                0.134/0.139
-    mingru           989,816  40.1/159/977             319                0.120/0.239
-    lru            1,013,192  29.0/164/980             387                0.114/0.187
-    mamba            984,256  224/948/2163             281                0.202/0.196
-    gpt-einsum     1,016,800  30.4/255/3182            1050               0.495/8.18
-    gpt-xla        1,016,800  40.3/456/11238           1242               (same program)
-    gpt-blockwise  1,016,800  31.9/217/1181            392                (same program)
+    elman          1,000,816  16.2/67.4/369            160                0.044/0.090
+    lstm           1,014,112  35.7/134/510             166                0.087/0.100
+    gru            1,000,968  37.7/166/593             108                0.115/0.109
+    mingru           989,816  12.6/74.7/310            98                 0.065/0.065
+    lru            1,013,192  19.6/83.8/334            125                0.069/0.067
+    mamba            984,256  64.9/263/1036            177                0.138/0.160
+    gpt-einsum     1,016,800  16.7/136/1569            505                0.273/2.36
+    gpt-xla        1,016,800  19.1/156/3595            663                (same program)
+    gpt-blockwise  1,016,800  18.5/112/554             185                (same program)
 
-Training: FAILS as stated. Against the fastest kernel per length (blockwise from 512 on) elman
-crosses at ~234 tokens and minGRU at ~246; the LRU is faster at every length; LSTM, GRU and
-Mamba (sequential scans on CPU) never overtake blockwise attention by 2048. Against the
-quadratic kernels the claim holds for every recurrence: vs einsum LSTM crosses at ~716, GRU
-~1078, Mamba ~1495, elman / minGRU ~150-210. Generation: HOLDS. Every recurrent state is one
-size at every L (0.007-0.19 MiB) with the same decode FLOPs; the KV cache grows 2.3 -> 25.8 MiB
-(11x, as L + N) and the Transformer's ms/token 16.5x from L = 128 to 2048 (2-8x the
-recurrences' at 128, 34-124x at 2048). Caveats: one noisy run; gpt-blockwise's FLOPs (and
-utilisation) miss its inner causal loops (while loops of unknown trip count: "uncounted").
+Training: FAILS as stated. Against the fastest attention kernel at each length (einsum at
+128, blockwise from 512 on): the LSTM crosses at ~1330 tokens and the LRU at ~210, but Elman
+and minGRU are already faster at 128 (no crossover: "always"), and the GRU and Mamba never
+overtake blockwise attention by 2048 (Mamba's sequential scan over e x n = 2d x 16 states costs
+2-4x the LSTM's step). Against the quadratic kernels alone it holds for every recurrence: vs
+einsum the LSTM crosses at ~500, GRU ~650, Mamba ~1200, LRU ~180. Generation: HOLDS. Every
+recurrent state is one size at every L (0.007-0.19 MiB) with the same decode FLOPs (its ms/token
+varies by noise only); the KV cache grows 2.3 -> 25.8 MiB (11x, as L + N) and the Transformer's
+ms/token 8.6x from L = 128 to 2048: 2-6x the recurrences' at 128, 15-50x at 2048. A first
+run at load 6-9 (356 s) gave the same picture with train times up to 2x longer. Caveats: one
+run; utilisation of the attention kernels is credited with the einsum program's model FLOPs
+(the blockwise kernel's causal inner loops have data-dependent trip counts).
 """
 
 import csv
