@@ -77,9 +77,12 @@ def test_lstm_step_flops_grow_linearly_in_length_and_match_hand_math():
     # elementwise arithmetic adds a few percent
     products = 3 * 2 * (4 * hidden * (embed + hidden) + hidden * VOCAB)
     assert 1.0 < per_16 / (16 * batch) / products < 1.08
-    # XLA's cost analysis counts one step of the scan body, whatever the length
+    # XLA's cost analysis counts one step of the scan bodies, whatever the length: it sees
+    # only the products outside the loops (the embedding, the logits, the custom backward's
+    # weight gradients after its loop), so it grows more slowly than the real count
     xla = {t: c["xla_flops_per_step"] for t, c in counts.items()}
-    assert xla[48] - xla[16] < 0.2 * (flops[48] - flops[16])
+    assert xla[48] - xla[16] < 0.5 * (flops[48] - flops[16])
+    assert all(xla[t] < 0.6 * flops[t] for t in xla)
 
 
 def test_fit_recovers_a_known_power_law_with_an_irreducible_term():
