@@ -77,6 +77,7 @@ def main() -> None:
     else:
         from train.sharding import ShardingConfig
 
+        assert jax.device_count() == 8, "needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
         result = {"devices": jax.device_count(), "accumulation": accumulation(True)}
         for name, config in {
             "mlp-data": ("mlp", ShardingConfig()),
