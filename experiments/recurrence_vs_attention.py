@@ -95,22 +95,21 @@ CLAIM = (
     "with the context."
 )
 RNN_CELLS, LINEAR = ("elman", "lstm", "gru"), ("mingru", "lru", "mamba")
-RECURRENT = RNN_CELLS + LINEAR
+SCAN_LSTM = "lstm-scan"  # cuDNN's fast path off ("lstm" takes it on a GPU): our scan vs cuDNN
+RECURRENT = RNN_CELLS + LINEAR + (SCAN_LSTM,)
 ATTENTION = ("gpt-einsum", "gpt-xla", "gpt-blockwise", "gpt-cudnn")
-DEFAULT_FAMILIES = RECURRENT + ATTENTION[:3]
+DEFAULT_FAMILIES = RNN_CELLS + LINEAR + ATTENTION[:3]
 SMOKE_FAMILIES = ("lstm", "mingru", "gpt-einsum")
-PRESETS = {"smoke": (1, 21_000), "1m": (2, 1_000_000), "10m": (4, 10_000_000)}
-"""preset -> (layers of every family, target parameter count)."""
+PRESETS = {"smoke": (1, 21_000), "1m": (2, 1_000_000), "10m": (4, 10_000_000)}  # (layers, target)
 OPTIMIZER = OptimConfig(name="adamw", lr=3e-4, weight_decay=0.01)
 VOCAB = 256
-GROWTH_RATIO = 1.5
-"""Generation: a cache's ms/token grows if that at the longest length / the shortest >= this."""
+GROWTH_RATIO = 1.5  # generation: a cache's ms/token "grows" if longest / shortest >= this
 GROWTH_OF = ("cache_bytes", "flops", "ms_per_token")
 
 
 Family = Literal[
-    "elman", "lstm", "gru", "mingru", "lru", "mamba", "gpt-einsum", "gpt-xla", "gpt-blockwise",
-    "gpt-cudnn",
+    "elman", "lstm", "gru", "mingru", "lru", "mamba", "lstm-scan", "gpt-einsum", "gpt-xla",
+    "gpt-blockwise", "gpt-cudnn",
 ]  # fmt: skip
 
 
@@ -153,8 +152,10 @@ def heads_for(width: int) -> int:
 def build(family: str, width: int, layers: int, dtype: str = "float32", max_len: int = 512):
     """The family's language model at this width and depth."""
     common = {"num_layers": layers, "vocab_size": VOCAB, "num_outputs": VOCAB, "dtype": dtype}
-    if family in RNN_CELLS:
-        return MODELS["rnn_lm"](cell=family, hidden_size=width, embed_size=width, **common)
+    if family in RNN_CELLS or family == SCAN_LSTM:
+        fast = {"fast_path": "scan"} if family == SCAN_LSTM else {}
+        cell = family.removesuffix("-scan")
+        return MODELS["rnn_lm"](cell=cell, hidden_size=width, embed_size=width, **common, **fast)
     if family in LINEAR:
         state = 16 if family == "mamba" else width
         return MODELS["linear_rnn_lm"](mixer=family, features=width, state_size=state, **common)
@@ -357,8 +358,12 @@ def resolve(config: Config) -> Config:
             config, families=families, lengths=config.lengths or (16, 32), batch_size=8,
             new_tokens=4, repeats=config.repeats or 1, min_sample_seconds=0.0,
         )  # fmt: skip
+    gpu = jax.default_backend() == "gpu"
+    if gpu and config.families == DEFAULT_FAMILIES:  # cuDNN against our kernels, side by side
+        extra = (SCAN_LSTM,) + (("gpt-cudnn",) if config.precision == "bfloat16" else ())
+        config = dataclasses.replace(config, families=config.families + extra)
     if not config.lengths:
-        top = 32768 if jax.default_backend() == "gpu" else 4096
+        top = 32768 if gpu else 4096
         full = tuple(2**k for k in range(7, top.bit_length()))
         config = dataclasses.replace(config, lengths=(128, 512, 2048) if config.quick else full)
     sample = config.min_sample_seconds
