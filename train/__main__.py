@@ -92,8 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         format_table([{"split": split, **metrics} for split, metrics in summary["final"].items()])
     )
+    resumed = summary.get("resumed_from", 0)
+    trained = (
+        f"{summary['steps'] - resumed} steps after resuming at step {resumed}"
+        if resumed
+        else (f"{summary['steps']} steps")
+    )
     print(
-        f"{summary['parameters']:,} parameters, {summary['steps']} steps in "
+        f"{summary['parameters']:,} parameters, {trained} in "
         f"{summary['wall_time']:.1f} s (compile {summary['compile_time']:.2f} s, "
         f"{summary['examples_per_second']:,.0f} examples/s); run directory: {run.run_dir}"
     )
