@@ -56,12 +56,11 @@ def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
     shape = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], inputs).shape
     expected = tuple(task.output_shape(batch))
     if tuple(shape) != expected:
-        hint = (
-            f"set --model.num-outputs {expected[-1]}"
-            if len(shape) == len(expected) and shape[:-1] == expected[:-1]
-            else "choose a model whose outputs have that shape (e.g. one output per sequence: "
-            "rnn; one per step: rnn_tagger)"
-        )
+        hint = "choose a model whose outputs have that shape"
+        if len(shape) == len(expected) and shape[:-1] == expected[:-1]:
+            hint = f"set --model.num-outputs {expected[-1]}"
+        elif len(expected) in (2, 3) and len(shape) in (2, 3):  # per sequence vs per step
+            hint += " (e.g. one output per sequence: rnn; one per step: rnn_tagger)"
         raise ValueError(
             f"{type(model).__name__} outputs shape {tuple(shape)} on "
             f"{type(task).__name__} inputs {shapes(inputs)}, but the task's loss "
