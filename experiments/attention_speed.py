@@ -48,7 +48,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import matplotlib
 import numpy as np
 import tyro
@@ -336,16 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": bench.device_description(),
         "load_average_at_start": load_at_start,  # other jobs; ours adds ~1 per busy thread
         "max_load_average": busiest,
-        "versions": {
-            "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__,
-            "torch": torch.__version__ if torch is not None else None,
-        },
-        "torch": {
-            "available": torch is not None,
-            "reason": torch_missing or None,
-            "threads": torch.get_num_threads() if torch is not None else None,
-        },
+        "versions": {**bench.versions(), "torch": torch.__version__ if torch else None},
+        "torch": bench.torch_record(torch, torch_missing),
         "dtype": "float32",
         "batch": config.batch,
         "width": config.width,

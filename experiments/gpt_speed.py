@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         "holds": None if torch_row is None else best["vs_torch"] >= 0.87,  # ties within noise
         "config": dataclasses.asdict(config),
         "device": bench.device_description(),
-        "versions": {"jax": jax.__version__, "torch": getattr(torch, "__version__", None)},
+        "versions": {**bench.versions(), "torch": getattr(torch, "__version__", None)},
         "flops_per_step": flops,
         "matmul_peak": peak,
         "torch_matmul_peak": torch_peak,

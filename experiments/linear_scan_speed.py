@@ -43,7 +43,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import matplotlib
 import numpy as np
 import tyro
@@ -288,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": bench.device_description(),
         "load_average_at_start": load_at_start,  # other jobs; ours adds ~1 per busy thread
         "max_load_average": busiest,
-        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__},
+        "versions": bench.versions(),
         "dtype": "float32",
         "batch": config.batch,
         "width": config.width,

@@ -53,11 +53,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import jaxlib
 import matplotlib
 import numpy as np
 import tyro
@@ -381,17 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
         "config": dataclasses.asdict(config),
         "device": bench.device_description(),
         "max_load_average": busiest,
-        "versions": {
-            "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__,
-            "flax": flax.__version__,
-            "torch": torch.__version__ if torch is not None else None,
-        },
-        "torch": {
-            "available": torch is not None,
-            "reason": torch_missing or None,
-            "threads": torch.get_num_threads() if torch is not None else None,
-        },
+        "versions": {**bench.versions(), "torch": torch.__version__ if torch else None},
+        "torch": bench.torch_record(torch, torch_missing),
         "dtype": "float32",
         "batch": config.batch,
         "width": config.width,

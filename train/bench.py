@@ -153,6 +153,16 @@ def load_torch(wanted: bool) -> tuple[Any, str]:
     return torch, ""
 
 
+def torch_record(torch: Any, reason: str = "") -> dict[str, Any]:
+    """What a results file says of the optional PyTorch side: present, why not, threads, version."""
+    return {
+        "available": torch is not None,
+        "reason": reason or None,
+        "threads": torch.get_num_threads() if torch is not None else None,
+        "version": torch.__version__ if torch is not None else None,
+    }
+
+
 def torch_matmul_peak(torch: Any, size: int = 2048, repeats: int = 5) -> dict[str, float]:
     """PyTorch's own measured FLOP/s on the same square product as `matmul_peak` (the two
     libraries' kernels need not reach the same fraction of the hardware)."""
