@@ -67,8 +67,8 @@ import tyro
 from arch import MODELS
 from arch.decoding import generate
 from arch.layers import Positional
-from train.loop import FitResult, RunConfig, fit
-from train.optim import OptimConfig
+from experiments.language_model import fit_language_model
+from train.loop import FitResult
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.tasks import MarkovLanguage
 
@@ -171,36 +171,8 @@ def samples(result: FitResult, task: MarkovLanguage, config: Config) -> list[dic
 
 
 def train_model(name: str, model: Any, task: MarkovLanguage, config: Config, out: str) -> dict:
-    optim = OptimConfig(
-        lr=config.lr,
-        schedule="cosine",
-        warmup_steps=min(config.warmup_steps, config.steps // 2),
-        clip_norm=config.clip_norm,
-    )
-    every = max(config.steps // config.evaluations, 1)
-    run = RunConfig.quiet(
-        config.steps,
-        eval_every=every,
-        log_every=every,
-        seed=config.seed,
-        run_dir=os.path.join(out, name),
-    )
-    result = fit(model, task, optim, run)
-    test_bits = result.summary["final"]["test"]["bits_per_char"]
-    curve = result.curve("bits_per_char")
-    return {
-        "model": name,
-        "parameters": result.summary["parameters"],
-        "test_bits_per_char": test_bits,
-        "gap_bits": test_bits - task.entropy_rate_bits,
-        "test_accuracy": result.summary["final"]["test"]["accuracy"],
-        "train_time_s": result.summary["train_time"],
-        "compile_time_s": result.summary["compile_time"],
-        "tokens_per_second": result.summary["examples_per_second"] * config.length,
-        "validation_steps": [step for step, _ in curve],
-        "validation_bits_per_char": [bits for _, bits in curve],
-        "samples": samples(result, task, config),
-    }
+    result, row = fit_language_model(name, model, task, config, out)
+    return {**row, "samples": samples(result, task, config)}
 
 
 def summary_line(results: dict) -> str:

@@ -47,7 +47,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -134,15 +134,10 @@ def continuations(result: FitResult, task: MarkovLanguage, config: Config) -> di
     }
 
 
-def train_model(cell: str, task: MarkovLanguage, config: Config, out: str) -> dict:
-    """Train one recurrent LM; its test bits/char, gap, size, speed, curve and samples."""
-    model = MODELS["rnn_lm"](
-        cell=cell,
-        hidden_size=config.hidden_size,
-        embed_size=config.embed_size,
-        vocab_size=config.vocab_size,
-        num_outputs=config.vocab_size,
-    )
+def fit_language_model(name: str, model: Any, task: MarkovLanguage, config: Any, out: str):
+    """Train one LM on the known-entropy language with a config's lr, warm-up, clipping, steps,
+    evaluations, seed and length: (the fit's result, its row: test bits/char, gap to the entropy
+    rate, perplexity, accuracy, size, speed, validation curve). charlm.py uses it too."""
     optim = OptimConfig(
         lr=config.lr,
         schedule="cosine",
@@ -155,26 +150,38 @@ def train_model(cell: str, task: MarkovLanguage, config: Config, out: str) -> di
         eval_every=every,
         log_every=every,
         seed=config.seed,
-        run_dir=os.path.join(out, cell),
+        run_dir=os.path.join(out, name),
     )
     result = fit(model, task, optim, run)
-    test_bits = result.summary["final"]["test"]["bits_per_char"]
+    test = result.summary["final"]["test"]
     curve = result.curve("bits_per_char")
-    return {
-        "model": cell,
+    return result, {
+        "model": name,
         "parameters": result.summary["parameters"],
-        "test_bits_per_char": test_bits,
-        "gap_bits": test_bits - task.entropy_rate_bits,
-        "test_perplexity": result.summary["final"]["test"]["perplexity"],
-        "test_accuracy": result.summary["final"]["test"]["accuracy"],
+        "test_bits_per_char": test["bits_per_char"],
+        "gap_bits": test["bits_per_char"] - task.entropy_rate_bits,
+        "test_perplexity": test["perplexity"],
+        "test_accuracy": test["accuracy"],
         "wall_time_s": result.summary["wall_time"],
         "train_time_s": result.summary["train_time"],
         "compile_time_s": result.summary["compile_time"],
         "tokens_per_second": result.summary["examples_per_second"] * config.length,
         "validation_steps": [step for step, _ in curve],
         "validation_bits_per_char": [bits for _, bits in curve],
-        "samples": continuations(result, task, config),
     }
+
+
+def train_model(cell: str, task: MarkovLanguage, config: Config, out: str) -> dict:
+    """Train one recurrent LM; its test bits/char, gap, size, speed, curve and samples."""
+    model = MODELS["rnn_lm"](
+        cell=cell,
+        hidden_size=config.hidden_size,
+        embed_size=config.embed_size,
+        vocab_size=config.vocab_size,
+        num_outputs=config.vocab_size,
+    )
+    result, row = fit_language_model(cell, model, task, config, out)
+    return {**row, "samples": continuations(result, task, config)}
 
 
 def plot(rows: list[dict], references: dict[str, float], path: str) -> None:
