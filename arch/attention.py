@@ -80,6 +80,27 @@ def einsum_attention(
     return jnp.einsum("bhqk,bkhe->bqhe", weights.astype(value.dtype), value)
 
 
+def flash_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    scale: float,
+    causal: bool,
+    implementation: Literal["cudnn"] | None = "cudnn",
+) -> jax.Array:
+    """The "cudnn" kernel: cuDNN's fused flash attention through `jax.nn.dot_product_attention`
+    ([b, q, h, e] layout, only the causal mask). implementation=None makes the same call run
+    through XLA, which is how the tests check its arguments on a machine without a GPU."""
+    if causal and query.shape[1] != key.shape[1]:
+        raise ValueError(
+            f"causal attention needs as many queries as keys, got {query.shape[1]}, {key.shape[1]}"
+        )
+    return jax.nn.dot_product_attention(
+        query, key, value, scale=scale, is_causal=causal, implementation=implementation
+    )
+
+
 def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
@@ -108,9 +129,7 @@ def dot_product_attention(
     if kernel == "cudnn":
         if key_mask is not None:
             raise ValueError("the cudnn kernel takes no key_mask here; use 'xla' or 'blockwise'")
-        return jax.nn.dot_product_attention(
-            query, key, value, scale=scale, is_causal=causal, implementation="cudnn"
-        )
+        return flash_attention(query, key, value, scale=scale, causal=causal)
     if kernel == "blockwise":
         return blockwise_attention(
             query, key, value, key_mask=key_mask, causal=causal, scale=scale, block_size=block_size

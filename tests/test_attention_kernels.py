@@ -12,7 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch.attention import KERNELS, LONG_SEQUENCE, MASKED, choose_kernel, dot_product_attention
+from arch.attention import (
+    KERNELS,
+    LONG_SEQUENCE,
+    MASKED,
+    choose_kernel,
+    dot_product_attention,
+    flash_attention,
+)
 from arch.blockwise_attention import blockwise_attention
 
 BATCH, HEADS, WIDTH, BLOCK = 2, 3, 8, 16
@@ -262,6 +269,27 @@ def test_cudnn_kernel_refuses_a_padding_mask():
     q = jnp.zeros((1, 8, 1, 8), jnp.bfloat16)
     with pytest.raises(ValueError, match="cudnn kernel takes no key_mask"):
         dot_product_attention(q, q, q, key_mask=jnp.ones((1, 8), bool), kernel="cudnn")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_cudnn_kernels_call_run_by_xla_matches_numpy(causal):
+    """The cudnn kernel's exact call (layout, scale, is_causal) with XLA doing the work: what
+    can be checked of it without a GPU."""
+    arrays = random_inputs(37, 37, masked=False, seed=5)
+    expected_out, *expected_grads = numpy_attention(**arrays, causal=causal)
+    attention = lambda q, k, v: flash_attention(
+        q, k, v, scale=SCALE, causal=causal, implementation=None
+    )
+    out, vjp = jax.vjp(attention, arrays["query"], arrays["key"], arrays["value"])
+    np.testing.assert_allclose(out, expected_out, **TOLERANCE)
+    for gradient, expected in zip(vjp(arrays["d_out"]), expected_grads, strict=True):
+        np.testing.assert_allclose(gradient, expected, **TOLERANCE)
+
+
+def test_causal_flash_attention_needs_as_many_queries_as_keys():
+    q, k = jnp.zeros((1, 4, 1, 8), jnp.bfloat16), jnp.zeros((1, 6, 1, 8), jnp.bfloat16)
+    with pytest.raises(ValueError, match="as many queries as keys, got 4, 6"):
+        flash_attention(q, k, k, scale=1.0, causal=True)
 
 
 @pytest.mark.skipif(not GPU, reason="cuDNN flash attention needs an NVIDIA GPU")
