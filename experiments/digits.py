@@ -30,13 +30,19 @@ import dataclasses
 import os
 import time
 
-import numpy as np
 import tyro
 
 from arch import MODELS
-from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import (
+    experiment_dir,
+    figure,
+    fit_seeds,
+    format_table,
+    save_figure,
+    seed_summary,
+    write_results,
+)
 from train.tasks import TASKS
 
 CLAIM = (
@@ -65,33 +71,22 @@ class Config:
 def train_model(name: str, model, task, config: Config, out: str) -> dict:
     """Train `model` once per seed; its test accuracies, size, speed and validation curves."""
     optim = OptimConfig(lr=config.lr)
-    runs = []
-    for seed in config.seeds:
-        run = RunConfig.quiet(
-            config.steps,
-            eval_every=max(config.steps // config.evaluations, 1),
-            log_every=max(config.steps // config.evaluations, 1),
-            seed=seed,
-            run_dir=os.path.join(out, f"{name}-seed{seed}"),
-        )
-        runs.append(fit(model, task, optim, run))
-    test = np.array([r.summary["final"]["test"]["accuracy"] for r in runs])
-    curves = [r.curve("accuracy") for r in runs]
-    return {
-        "model": name,
-        "parameters": runs[0].summary["parameters"],
-        "test_accuracy_mean": float(test.mean()),
-        "test_accuracy_std": float(test.std()),
-        "test_accuracy_per_seed": test.tolist(),
-        "wall_time_s": float(np.mean([r.summary["wall_time"] for r in runs])),
-        "compile_time_s": float(np.mean([r.summary["compile_time"] for r in runs])),
-        "examples_per_second": float(np.mean([r.summary["examples_per_second"] for r in runs])),
-        "validation_steps": [step for step, _ in curves[0]],
-        "validation_accuracy_mean": np.mean([[a for _, a in c] for c in curves], axis=0).tolist(),
-    }
+    runs = fit_seeds(
+        model, task, optim, config.steps, config.seeds, os.path.join(out, name), config.evaluations
+    )
+    return {"model": name, **seed_summary(runs)}
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(
+    rows: list[dict],
+    path: str,
+    titles: tuple[str, str] = (
+        "Digits: accuracy against size",
+        "Digits: validation accuracy during training",
+    ),
+) -> None:
+    """Left: test accuracy (mean ± std over seeds) against parameters; right: the mean
+    validation accuracy curves. `rows`: seed_summary's dicts, each with its "model"."""
     fig, (left, right) = figure(1, 2, figsize=(10, 4))
     for row in rows:
         left.errorbar(
@@ -100,7 +95,6 @@ def plot(rows: list[dict], path: str) -> None:
             yerr=row["test_accuracy_std"],
             fmt="o",
             capsize=4,
-            label=row["model"],
         )
         left.annotate(
             row["model"],
@@ -113,8 +107,8 @@ def plot(rows: list[dict], path: str) -> None:
         )
     left.set(xscale="log", xlabel="parameters", ylabel="test accuracy (mean ± std over seeds)")
     right.set(xlabel="step", ylabel="validation accuracy (mean over seeds)")
-    left.set_title("Digits: accuracy against size")
-    right.set_title("Digits: validation accuracy during training")
+    left.set_title(titles[0])
+    right.set_title(titles[1])
     right.legend()
     save_figure(fig, path, dpi=120)
 

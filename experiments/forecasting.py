@@ -55,9 +55,16 @@ import numpy as np
 import tyro
 
 from arch import MODELS
-from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import (
+    experiment_dir,
+    figure,
+    fit_seeds,
+    format_table,
+    save_figure,
+    seed_summary,
+    write_results,
+)
 from train.tasks import TASKS
 
 CLAIM = (
@@ -108,29 +115,23 @@ def train_model(name: str, model, series: str, task, config: Config, out: str) -
         warmup_steps=min(config.warmup_steps, config.steps),
         clip_norm=config.clip_norm,
     )
-    runs = []
-    for seed in config.seeds:
-        run = RunConfig.quiet(
-            config.steps,
-            log_every=max(config.steps // 10, 1),
-            seed=seed,
-            run_dir=os.path.join(out, f"{series}-{name}-seed{seed}"),
-        )
-        runs.append(fit(model, task, optim, run))
-    test = np.array([r.summary["final"]["test"]["mse"] for r in runs])
+    runs = fit_seeds(
+        model,
+        task,
+        optim,
+        config.steps,
+        config.seeds,
+        os.path.join(out, f"{series}-{name}"),
+        log_every=max(config.steps // 10, 1),
+    )
+    summary = seed_summary(runs, "mse")
     naive = runs[0].summary["final"]["test"]["naive_mse"]  # the same test set for every run
     return {
         "series": series,
         "model": name,
-        "parameters": runs[0].summary["parameters"],
-        "test_mse_mean": float(test.mean()),
-        "test_mse_std": float(test.std()),
-        "test_mse_per_seed": test.tolist(),
+        **summary,
         "naive_mse": naive,
-        "mse_over_naive": float(test.mean() / naive),
-        "train_time_s": float(np.mean([r.summary["train_time"] for r in runs])),
-        "compile_time_s": float(np.mean([r.summary["compile_time"] for r in runs])),
-        "examples_per_second": float(np.mean([r.summary["examples_per_second"] for r in runs])),
+        "mse_over_naive": summary["test_mse_mean"] / naive,
     }
 
 

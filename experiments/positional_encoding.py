@@ -69,9 +69,17 @@ import tyro
 
 from arch import MODELS
 from arch.layers import Positional
-from train.loop import FitResult, RunConfig, fit
+from train.loop import FitResult
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import (
+    experiment_dir,
+    figure,
+    fit_seeds,
+    format_table,
+    save_figure,
+    seed_summary,
+    write_results,
+)
 from train.tasks import TASKS
 
 CLAIM = (
@@ -160,46 +168,34 @@ def train_model(name: TaskName, positional: Positional, task, config: Config, ou
         warmup_steps=min(config.warmup_steps, config.steps // 2),
         clip_norm=config.clip_norm,
     )
-    every = max(config.steps // config.evaluations, 1)
-    results = [
-        fit(
-            model,
-            task,
-            optim,
-            RunConfig.quiet(
-                config.steps,
-                eval_every=every,
-                log_every=every,
-                seed=seed,
-                run_dir=os.path.join(out, f"{name}-{positional}-seed{seed}"),
-            ),
-        )
-        for seed in config.seeds
-    ]
+    results = fit_seeds(
+        model,
+        task,
+        optim,
+        config.steps,
+        config.seeds,
+        os.path.join(out, f"{name}-{positional}"),
+        config.evaluations,
+    )
+    summary = seed_summary(results)
+    # this study's names of the mean accuracy and curve (its plot, table and tests read them)
+    summary["test_accuracy"] = summary.pop("test_accuracy_mean")
+    summary["validation_accuracy"] = summary.pop("validation_accuracy_mean")
     final = lambda split, key: np.array(
         [r.summary["final"][split].get(key, np.nan) for r in results]
     )
-    test, whole = final("test", "accuracy"), final("test", "sequence_accuracy")
-    curves = [r.curve("accuracy") for r in results]
+    whole = final("test", "sequence_accuracy")
     positions = [per_position_accuracy(r, task) for r in results]
-    mean_of = lambda key: float(np.mean([r.summary[key] for r in results]))
     return {
         "task": name,
         "positional": positional,
         "model": type(results[0].model).__name__,
-        "parameters": results[0].summary["parameters"],
-        "test_accuracy": float(test.mean()),
-        "test_accuracy_std": float(test.std()),
-        "test_accuracy_per_seed": test.tolist(),
+        **summary,
         "test_sequence_accuracy": None if np.isnan(whole).any() else float(whole.mean()),
         "per_position_accuracy": None
         if positions[0] is None
         else np.mean(positions, axis=0).tolist(),
         "train_accuracy": float(final("train", "accuracy").mean()),
-        "train_time_s": mean_of("train_time"),
-        "compile_time_s": mean_of("compile_time"),
-        "validation_steps": [step for step, _ in curves[0]],
-        "validation_accuracy": np.mean([[a for _, a in c] for c in curves], axis=0).tolist(),
     }
 
 

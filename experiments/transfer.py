@@ -48,7 +48,7 @@ import tyro
 from arch import MODELS
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import experiment_dir, figure, fit_seeds, format_table, save_figure, write_results
 from train.tasks import TASKS
 
 CLAIM = (
@@ -80,10 +80,6 @@ class Config:
     """Where results.json, the plot and a sub-directory per run go (runs/experiments/transfer)."""
 
 
-def quiet_run(steps: int, seed: int, run_dir: str) -> RunConfig:
-    return RunConfig.quiet(steps, seed=seed, run_dir=run_dir)
-
-
 def main(argv: list[str] | None = None) -> dict:
     config = tyro.cli(Config, args=argv)
     if config.smoke:
@@ -97,15 +93,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     pretrain_task = TASKS["digits"](classes=PRETRAIN_CLASSES)
     accuracy = {m: {n: [] for n in config.sizes} for m in METHODS}  # test accuracy per seed
-    pretrain_accuracy = []
-    for seed in config.seeds:
-        pretrained = fit(
-            model,
-            pretrain_task,
-            optim,
-            quiet_run(config.pretrain_steps, seed, os.path.join(out, f"pretrain-seed{seed}")),
-        )
-        pretrain_accuracy.append(pretrained.summary["final"]["test"]["accuracy"])
+    pretrained_runs = fit_seeds(
+        model,
+        pretrain_task,
+        optim,
+        config.pretrain_steps,
+        config.seeds,
+        os.path.join(out, "pretrain"),
+    )
+    pretrain_accuracy = [r.summary["final"]["test"]["accuracy"] for r in pretrained_runs]
+    for seed, pretrained in zip(config.seeds, pretrained_runs, strict=True):
         conv = {k: v for k, v in pretrained.state.params.items() if k.startswith("conv_")}
         features = {k: v for k, v in pretrained.state.params.items() if k != "head"}
         for n in config.sizes:
@@ -123,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "scratch": (None, optim),
             }
             for method, (init_params, method_optim) in setups.items():
-                run = quiet_run(config.steps, seed, os.path.join(out, f"{method}-n{n}-seed{seed}"))
+                run_dir = os.path.join(out, f"{method}-n{n}-seed{seed}")
+                run = RunConfig.quiet(config.steps, seed=seed, run_dir=run_dir)
                 result = fit(model, task, method_optim, run, init_params=init_params)
                 accuracy[method][n].append(result.summary["final"]["test"]["accuracy"])
 

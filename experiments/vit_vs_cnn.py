@@ -59,9 +59,9 @@ import numpy as np
 import tyro
 
 from arch import MODELS
-from train.loop import RunConfig, fit
+from experiments.digits import plot
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import experiment_dir, fit_seeds, format_table, seed_summary, write_results
 from train.state import parameter_count
 from train.tasks import TASKS
 
@@ -118,41 +118,15 @@ def train_model(name: str, model: Any, task: Any, config: Config, out: str) -> d
     optim = OptimConfig(
         lr=config.lr, schedule="cosine", warmup_steps=min(config.warmup_steps, config.steps // 2)
     )
-    every = max(config.steps // config.evaluations, 1)
-    runs = [
-        fit(
-            model,
-            task,
-            optim,
-            RunConfig.quiet(
-                config.steps,
-                eval_every=every,
-                log_every=every,
-                seed=seed,
-                run_dir=os.path.join(out, f"{name}-seed{seed}"),
-            ),
-        )
-        for seed in config.seeds
-    ]
-    test = np.array([r.summary["final"]["test"]["accuracy"] for r in runs])
-    curves = [r.curve("accuracy") for r in runs]
-    mean_of = lambda key: float(np.mean([r.summary[key] for r in runs]))
+    runs = fit_seeds(
+        model, task, optim, config.steps, config.seeds, os.path.join(out, name), config.evaluations
+    )
+    train = [r.summary["final"]["train"]["accuracy"] for r in runs]
     return {
         "model": name,
         "fields": dict(VITS.get(name, {})),
-        "parameters": runs[0].summary["parameters"],
-        "test_accuracy_mean": float(test.mean()),
-        "test_accuracy_std": float(test.std()),
-        "test_accuracy_per_seed": test.tolist(),
-        "train_accuracy_mean": float(
-            np.mean([r.summary["final"]["train"]["accuracy"] for r in runs])
-        ),
-        "train_time_s": mean_of("train_time"),
-        "compile_time_s": mean_of("compile_time"),
-        "wall_time_s": mean_of("wall_time"),
-        "examples_per_second": mean_of("examples_per_second"),
-        "validation_steps": [step for step, _ in curves[0]],
-        "validation_accuracy_mean": np.mean([[a for _, a in c] for c in curves], axis=0).tolist(),
+        **seed_summary(runs),
+        "train_accuracy_mean": float(np.mean(train)),
     }
 
 
@@ -173,33 +147,6 @@ def summary_line(results: dict) -> str:
         f"test accuracy mean ± std: {parts}. LeNet minus the best matched ViT: "
         f"{results['lenet_minus_best_matched_vit']:+.3f}. |"
     )
-
-
-def plot(rows: list[dict], path: str) -> None:
-    fig, (left, right) = figure(1, 2, figsize=(10, 4))
-    for row in rows:
-        left.errorbar(
-            row["parameters"],
-            row["test_accuracy_mean"],
-            yerr=row["test_accuracy_std"],
-            fmt="o",
-            capsize=4,
-        )
-        left.annotate(
-            row["model"],
-            (row["parameters"], row["test_accuracy_mean"]),
-            xytext=(6, 6),
-            textcoords="offset points",
-        )
-        right.plot(
-            row["validation_steps"], row["validation_accuracy_mean"], marker=".", label=row["model"]
-        )
-    left.set(xscale="log", xlabel="parameters", ylabel="test accuracy (mean ± std over seeds)")
-    right.set(xlabel="step", ylabel="validation accuracy (mean over seeds)")
-    left.set_title("Digits: CNN and ViTs, accuracy against size")
-    right.set_title("Validation accuracy during training")
-    right.legend()
-    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -242,7 +189,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results["summary"] = summary_line(results)
     write_results(out, results)
-    plot(rows, os.path.join(out, "vit_vs_cnn.png"))
+    plot(
+        rows,
+        os.path.join(out, "vit_vs_cnn.png"),
+        ("Digits: CNN and ViTs, accuracy against size", "Validation accuracy during training"),
+    )
     table = [
         {
             "model": r["model"],

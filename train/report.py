@@ -1,11 +1,17 @@
-"""What every experiment writes: results.json, a printed table, and its run directory."""
+"""What every experiment writes: results.json, a printed table, and its run directory; and
+the runs of one model over several seeds, summarised."""
 
 import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
+import numpy as np
 from matplotlib.figure import Figure
+
+from train.loop import FitResult, RunConfig, fit
+from train.optim import OptimConfig
 
 
 def experiment_dir(name: str, run_dir: str | None = None) -> str:
@@ -45,3 +51,49 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True))
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def fit_seeds(
+    model: nn.Module,
+    task: Any,
+    optim: OptimConfig,
+    steps: int,
+    seeds: Sequence[int],
+    run_dir: str,
+    evaluations: int = 1,
+    **run_fields: Any,
+) -> list[FitResult]:
+    """One quiet `fit` per seed, in order, each evaluated `evaluations` times and written to
+    `run_dir`-seed<seed>; `run_fields` set anything else of its RunConfig. The results."""
+    return [
+        fit(
+            model,
+            task,
+            optim,
+            RunConfig.quiet(
+                steps, evaluations, seed=seed, run_dir=f"{run_dir}-seed{seed}", **run_fields
+            ),
+        )
+        for seed in seeds
+    ]
+
+
+def seed_summary(results: Sequence[FitResult], metric: str = "accuracy") -> dict[str, Any]:
+    """One model's runs over seeds: its parameter count, the final test `metric`'s mean, std
+    and per-seed values, the mean times and throughput, and the mean validation curve of
+    `metric` (the runs share a step budget, so they are evaluated at the same steps)."""
+    test = np.array([r.summary["final"]["test"][metric] for r in results])
+    curves = [r.curve(metric) for r in results]
+    mean_of = lambda key: float(np.mean([r.summary[key] for r in results]))
+    return {
+        "parameters": results[0].summary["parameters"],
+        f"test_{metric}_mean": float(test.mean()),
+        f"test_{metric}_std": float(test.std()),  # of the seeds themselves (ddof 0)
+        f"test_{metric}_per_seed": test.tolist(),
+        "train_time_s": mean_of("train_time"),
+        "compile_time_s": mean_of("compile_time"),
+        "wall_time_s": mean_of("wall_time"),
+        "examples_per_second": mean_of("examples_per_second"),
+        "validation_steps": [step for step, _ in curves[0]],
+        f"validation_{metric}_mean": np.mean([[v for _, v in c] for c in curves], axis=0).tolist(),
+    }
