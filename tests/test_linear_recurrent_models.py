@@ -13,7 +13,14 @@ import pytest
 from conftest import random_inputs
 
 from arch import MODELS
-from arch.linear_recurrent import LRU, MinGRU, MinLSTM, linear_scan, log_linear_scan
+from arch.linear_recurrent import (
+    LRU,
+    MinGRU,
+    MinLSTM,
+    linear_scan,
+    log_linear_scan,
+    selective_scan,
+)
 from arch.linear_rnn import LinearRecurrentLM
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
@@ -193,3 +200,45 @@ def test_mamba_expand_sets_its_channels_and_decoding_follows():
     assert window.shape == (2, 3, 3 * D) and h.shape == (2, 3 * D, N)
     logits, _ = model.apply(variables, model.init_cache(2), tokens[:, 0], method=model.decode_step)
     chex.assert_trees_all_close(logits, model.apply(variables, tokens[:, :1])[:, 0], atol=1e-5)
+
+
+def selective_scan_inputs(time: int, batch: int = 2, e: int = 6, n: int = 4) -> tuple:
+    """delta [b, t, e] (positive), A [e, n] (negative), x [b, t, e], B, C [b, t, n]."""
+    rng = np.random.default_rng(6)
+    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    delta = np.log1p(np.exp(normal(batch, time, e))) * 0.1  # softplus, as the layer's steps
+    a = -np.broadcast_to(np.arange(1.0, n + 1, dtype=np.float32), (e, n))
+    return delta, a, normal(batch, time, e), normal(batch, time, n), normal(batch, time, n)
+
+
+@pytest.mark.parametrize("time", [37, 64, 5])  # part of a chunk over; whole chunks; < 1 chunk
+def test_the_recomputed_selective_scan_equals_storing_every_state(time):
+    inputs = selective_scan_inputs(time)
+    weights = np.random.default_rng(7).standard_normal(inputs[2].shape).astype(np.float32)
+
+    def value_and_grads(chunk):
+        loss = lambda *v: (selective_scan(*v, method="sequential", chunk=chunk) * weights).sum()
+        out = selective_scan(*inputs, method="sequential", chunk=chunk)
+        return out, jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*inputs)
+
+    (out, grads), (stored_out, stored_grads) = value_and_grads(16), value_and_grads(None)
+    chex.assert_shape(out, inputs[2].shape)
+    chex.assert_trees_all_equal(out, stored_out)  # the same steps in the same order
+    # A's gradient sums over the steps chunk by chunk: float32 rounding apart, the same
+    chex.assert_trees_all_equal(grads[:1] + grads[2:], stored_grads[:1] + stored_grads[2:])
+    chex.assert_trees_all_close(grads[1], stored_grads[1], rtol=1e-6, atol=1e-6)
+
+
+def test_recomputing_the_selective_scan_keeps_a_fraction_of_the_memory():
+    inputs = selective_scan_inputs(1024, batch=4, e=64, n=16)
+
+    def temporaries(chunk):
+        loss = lambda *v: selective_scan(*v, method="sequential", chunk=chunk).sum()
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 2))).lower(*inputs).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    # storing keeps the [b, e, n] state of all 1024 steps (16 MiB in float32); 32-step chunks
+    # keep 32 chunk starts plus one chunk's states while it is redone
+    stored, recomputed = temporaries(None), temporaries(32)
+    assert stored >= 4 * 64 * 16 * 4 * 1024
+    assert recomputed < stored / 4

@@ -11,7 +11,8 @@ every model family is counted by the same rule (no per-architecture formula):
   element; transcendentals (exp, log, tanh, logistic, ...) are counted apart, as XLA does;
 - data movement (reshape, slice, gather, broadcast, ...) costs nothing;
 - scan: length x body; cond: the most expensive branch; calls (jit, custom_jvp / custom_vjp,
-  remat, ...): their body once;
+  remat, ...): their body once, so what a backward pass recomputes under `jax.checkpoint` is
+  counted (the FLOPs the program executes, not the model's minimum);
 - a while loop with a trip count unknown at trace time, or a primitive this module does not
   know, is named in `uncounted` rather than guessed.
 
