@@ -5,9 +5,8 @@ Claim: for training, attention is faster than recurrence at short lengths and re
 recurrent state's per-token cost and memory stay constant while a key/value cache's grow with
 the context.
 
-Command: python -m experiments.recurrence_vs_attention      (quick: 140 s on a quiet 2-core CPU)
+Command: python -m experiments.recurrence_vs_attention      (quick: ~160 s on a quiet 2-core CPU)
          python -m experiments.recurrence_vs_attention --no-quick --preset 10m --precision bfloat16
-         ... --families lstm mamba gpt-einsum --lengths 256 1024 --batch-size 8 --new-tokens 32
 
 Setup. Every family is a byte-level language model (vocabulary 256, tokens [b, t] -> logits
 [b, t, v]) at a matched parameter count: the same depth for every family (1 layer in the smoke
@@ -36,31 +35,29 @@ the same bytes and decode FLOPs at every L (one program: its ms/token differ by 
 while every cache grows with L and its ms/token at the longest L is >= 1.5x the shortest's.
 
 Result (quick, 2 cores of an AMD EPYC, quiet machine; jax 0.10.2, float32, batch 4, N 64;
-measured float32 matmul peak used for utilisation; wall 140 s):
+measured float32 matmul peak used for utilisation; wall 158 s):
 
     family         params     train ms (128/512/2048)  prefill ms (2048)  gen ms/token (128/2048)
-    elman          1,000,816  16.2/67.4/369            160                0.044/0.090
-    lstm           1,014,112  35.7/134/510             166                0.087/0.100
-    gru            1,000,968  37.7/166/593             108                0.115/0.109
-    mingru           989,816  12.6/74.7/310            98                 0.065/0.065
-    lru            1,013,192  19.6/83.8/334            125                0.069/0.067
-    mamba            984,256  64.9/263/1036            177                0.138/0.160
-    gpt-einsum     1,016,800  16.7/136/1569            505                0.273/2.36
-    gpt-xla        1,016,800  19.1/156/3595            663                (same program)
-    gpt-blockwise  1,016,800  18.5/112/554             185                (same program)
+    elman          1,000,816  16.4/73.4/265            84                 0.047/0.056
+    lstm           1,014,112  30.7/102/422             75                 0.067/0.045
+    gru            1,000,968  38.4/161/634             130                0.116/0.126
+    mingru           989,816  19.7/69.1/308            86                 0.067/0.083
+    lru            1,013,192  22.3/87.9/344            112                0.070/0.087
+    mamba            984,256  59.1/200/1092            201                0.153/0.164
+    gpt-einsum     1,016,800  17.2/144/1723            591                0.258/3.75
+    gpt-xla        1,016,800  20.5/162/4326            783                (same program)
+    gpt-blockwise  1,016,800  17.9/120/679             229                (same program)
 
-Training: FAILS as stated. Against the fastest attention kernel at each length (einsum at
-128, blockwise from 512 on): the LSTM crosses at ~1330 tokens and the LRU at ~210, but Elman
-and minGRU are already faster at 128 (no crossover: "always"), and the GRU and Mamba never
-overtake blockwise attention by 2048 (Mamba's sequential scan over e x n = 2d x 16 states costs
-2-4x the LSTM's step). Against the quadratic kernels alone it holds for every recurrence: vs
-einsum the LSTM crosses at ~500, GRU ~650, Mamba ~1200, LRU ~180. Generation: HOLDS. Every
-recurrent state is one size at every L (0.007-0.19 MiB) with the same decode FLOPs (its ms/token
-varies by noise only); the KV cache grows 2.3 -> 25.8 MiB (11x, as L + N) and the Transformer's
-ms/token 8.6x from L = 128 to 2048: 2-6x the recurrences' at 128, 15-50x at 2048. A first
-run at load 6-9 (356 s) gave the same picture with train times up to 2x longer. Caveats: one
-run; utilisation of the attention kernels is credited with the einsum program's model FLOPs
-(the blockwise kernel's causal inner loops have data-dependent trip counts).
+Training: FAILS as stated. Against the fastest attention kernel at each length the LSTM crosses
+at ~380 tokens, minGRU ~170, the LRU ~240, the GRU ~1580, but Elman is faster already at 128
+and Mamba (a sequential scan over e x n = 2d x 16 states) does not overtake blockwise attention
+by 2048. Against the quadratic kernels alone it holds for every recurrence (vs einsum: LSTM
+~310, GRU ~590, Mamba ~910). Close curves' crossovers move by hundreds of tokens between runs
+(cells vary 1.15-1.2x from run to run on this VM: README). Generation: HOLDS. Every recurrent
+state is one size at every L (0.007-0.19 MiB) with the same decode FLOPs; the KV cache grows
+2.3 -> 25.8 MiB (11x, as L + N) and the Transformer's ms/token 14.5x from L = 128 to 2048
+(1.7-5.5x the recurrences' at 128, 23-83x at 2048). Attention kernels are credited with the
+einsum program's FLOPs (the blockwise kernel's causal loops have data-dependent trip counts).
 """
 
 import csv
@@ -388,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
     max_len = max(config.lengths) + config.new_tokens
     shape = (config.batch_size, max_len + 1)
     tokens = np.random.default_rng(config.seed).integers(0, VOCAB, shape).astype(np.int32)
-    rows, skipped, models, done = [], {}, {}, {}
+    rows, skipped, models, done, built = [], {}, {}, {}, {}
     cudnn = jax.default_backend() == "gpu" and config.precision == "bfloat16"
     for family in config.families:
         if family == "gpt-cudnn" and not cudnn:
@@ -400,8 +397,12 @@ def main(argv: list[str] | None = None) -> dict:
         heads = heads_for(width) if family in ATTENTION else None
         models[family] = {"width": width, "layers": layers, "heads": heads, "params": params}
         tx = make_optimizer(OPTIMIZER, 1000)  # parameters do not depend on the length: init once
-        state = init_state(model, tx, jnp.asarray(tokens[:1, :8]), config.seed)
-        for length in config.lengths:
+        built[family] = (model, init_state(model, tx, jnp.asarray(tokens[:1, :8]), config.seed))
+    # length by length, every family within minutes of the others: the machine's speed drifts
+    # (1.2x between two whole runs on a quiet CPU), and this shifts a length's families together
+    # instead of one family against another, which would move the crossovers
+    for length in config.lengths:
+        for family, (model, state) in built.items():
             for kind in KINDS:
                 row, began = {"family": family, "kind": kind, "length": length}, time.perf_counter()
                 row |= models[family]
