@@ -9,9 +9,9 @@ import functools
 import os
 
 # The suite compiles hundreds of tiny programs whose run time is negligible next to LLVM's
-# optimisation passes: without them a cold run of the whole suite on 2 cores took 5:44 instead
-# of 8:50, with the same results. Set before JAX starts its backend (subprocesses inherit it);
-# benchmarks and experiments run at XLA's default level.
+# optimisation passes: without them a cold run of the whole suite on 2 cores took 5:15-5:44
+# instead of 7:50-8:50, with the same results. Set before JAX starts its backend (subprocesses
+# inherit it); benchmarks and experiments run at XLA's default level.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
