@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.blockwise_attention import blockwise_attention
+from arch.errors import ConfigError
 from arch.layers import RowDense
 
 Kernel = Literal["auto", "einsum", "xla", "cudnn", "blockwise"]
@@ -128,7 +129,7 @@ def dot_product_attention(
         )
     if kernel == "cudnn":
         if key_mask is not None:
-            raise ValueError("the cudnn kernel takes no key_mask here; use 'xla' or 'blockwise'")
+            raise ConfigError("the cudnn kernel takes no key_mask here; use 'xla' or 'blockwise'")
         return flash_attention(query, key, value, scale=scale, causal=causal)
     if kernel == "blockwise":
         return blockwise_attention(
@@ -139,7 +140,7 @@ def dot_product_attention(
         return einsum_attention(query, key, value, mask, scale).astype(query.dtype)
     if kernel == "xla":
         return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale)
-    raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {KERNELS}")
+    raise ConfigError(f"unknown attention kernel {kernel!r}; choose one of {KERNELS}")
 
 
 def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
@@ -147,7 +148,10 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10000.0) 
     p * base^(-2i/e) of its position p [b or 1, t]; q_m . k_n then depends on m - n only."""
     width = x.shape[-1]
     if width % 2:
-        raise ValueError(f"rotary embeddings need an even head width, got {width}")
+        raise ConfigError(
+            f"rotary embeddings need an even head width, got {width}; choose features and "
+            "num_heads with an even features / num_heads"
+        )
     frequencies = base ** (-jnp.arange(0, width, 2, dtype=jnp.float32) / width)  # [e/2]
     angles = positions.astype(jnp.float32)[..., None, None] * frequencies  # [b, t, 1, e/2]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
@@ -155,6 +159,21 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10000.0) 
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
     return rotated.reshape(x.shape).astype(x.dtype)  # [b, t, h, e]
+
+
+def heads_problem(
+    features: int, num_heads: int, features_name: str = "features", heads_name: str = "num_heads"
+) -> str:
+    """Why num_heads cannot split features, with the values that would; the names are how the
+    caller's user sets the two (e.g. "--model.features")."""
+    divisors = ", ".join(str(n) for n in range(1, features + 1) if features % n == 0)
+    below, above = features // num_heads * num_heads, -(-features // num_heads) * num_heads
+    multiples = " or ".join(str(m) for m in (below, above) if m > 0)
+    return (
+        f"{features_name} {features} is not divisible by {heads_name} {num_heads}; set "
+        f"{heads_name} to a divisor of {features} ({divisors}) or {features_name} to a "
+        f"multiple of {num_heads} (e.g. {multiples})"
+    )
 
 
 class MultiHeadAttention(nn.Module):
@@ -179,10 +198,7 @@ class MultiHeadAttention(nn.Module):
     @property
     def width(self) -> int:
         if self.head_dim is None and self.features % self.num_heads:
-            raise ValueError(
-                f"features {self.features} is not divisible by num_heads {self.num_heads}; "
-                "set head_dim"
-            )
+            raise ConfigError(heads_problem(self.features, self.num_heads))
         return self.head_dim or self.features // self.num_heads
 
     def setup(self) -> None:

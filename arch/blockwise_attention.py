@@ -31,6 +31,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from arch.errors import ConfigError
+
 F32 = jnp.float32
 F32_OUT = {"preferred_element_type": F32}  # products of any dtype accumulate in float32
 Residuals = tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, jax.Array, jax.Array]
@@ -56,7 +58,7 @@ def blockwise_attention(
     if causal and queries != keys:
         raise ValueError(f"causal attention needs as many queries as keys, got {queries}, {keys}")
     if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+        raise ConfigError(f"block_size must be positive, got {block_size}")
     blocks = (min(block_size, queries), min(block_size, keys))  # (c, r)
     padded_keys = math.ceil(keys / blocks[1]) * blocks[1]
     valid = None  # [b or 1, k']: True for a key to attend; None: all k' are

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.errors import ConfigError
 from arch.layers import Activation, activation_fn
 
 Padding = Literal["SAME", "VALID"]
@@ -20,7 +21,7 @@ def as_images(inputs: jax.Array, model: str) -> jax.Array:
     if inputs.ndim == 3:
         return inputs[..., None]  # [b, y, x, 1]
     if inputs.ndim != 4:
-        raise ValueError(
+        raise ConfigError(
             f"{model} expects images shaped [batch, height, width] or [batch, height, width, "
             f"channels], got shape {tuple(inputs.shape)}; use an image task (e.g. digits)"
         )

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn
 
+from arch.errors import ConfigError
+
 FastPath = Literal["auto", "scan", "cudnn"]
 FAST_PATHS = ("auto", "scan", "cudnn")
 
@@ -63,7 +65,7 @@ def use_cudnn(fast_path: FastPath, cell: Any, inputs: jax.Array, mask: Any, reve
     computing in float32 with float32 inputs, no padding mask, forward direction); "cudnn"
     always, with an error naming what stands in the way."""
     if fast_path not in FAST_PATHS:
-        raise ValueError(f"unknown RNN fast_path {fast_path!r}; choose one of {FAST_PATHS}")
+        raise ConfigError(f"unknown RNN fast_path {fast_path!r}; choose one of {FAST_PATHS}")
     if fast_path == "scan":
         return False
     obstacles = []
@@ -78,5 +80,5 @@ def use_cudnn(fast_path: FastPath, cell: Any, inputs: jax.Array, mask: Any, reve
     if reverse:
         obstacles.append("it runs forward only here")
     if fast_path == "cudnn" and obstacles:
-        raise ValueError("RNN fast_path='cudnn' cannot run: " + "; ".join(obstacles))
+        raise ConfigError("RNN fast_path='cudnn' cannot run: " + "; ".join(obstacles))
     return not obstacles

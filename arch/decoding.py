@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.errors import ConfigError
+
 
 def sample_logits(
     logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None
@@ -56,7 +58,7 @@ def generate(
     `init_cache(b, p + num_tokens, memory, source_mask)`; None: `model.init_cache(b, p + s)`.
     """
     if temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError(f"need temperature >= 0 and top_k >= 1, got {temperature}, {top_k}")
+        raise ConfigError(f"need temperature >= 0 and top_k >= 1, got {temperature}, {top_k}")
     if temperature > 0 and key is None:
         raise ValueError("sampling (temperature > 0) needs a PRNG key")
     key = jax.random.key(0) if key is None else key
@@ -94,7 +96,7 @@ def length_normaliser(
         return ((5.0 + length) / 6.0) ** alpha
     if kind == "power":
         return jnp.maximum(length, 1.0) ** alpha
-    raise ValueError(f"length normalisation must be 'gnmt' or 'power', got {kind!r}")
+    raise ConfigError(f"length normalisation must be 'gnmt' or 'power', got {kind!r}")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_tokens", "eos_id", "pad_id"))
@@ -164,7 +166,7 @@ def beam_search(
     Width 1 is greedy search.
     """
     if beam_width < 1:
-        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+        raise ConfigError(f"beam_width must be >= 1, got {beam_width}")
     batch, width = start_tokens.shape[0], beam_width
     step = functools.partial(model.apply, variables, method=model.decode_step)
     first = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)  # [k]: one live copy per row

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.errors import ConfigError
 from arch.layers import PositionalEncoding, RowDense
 from arch.transformer import TransformerModel, positions_of, tied_logits
 
@@ -22,13 +23,13 @@ class TransformerEncoderModel(TransformerModel):
         """Token ids [b, t] -> [b, t, d]; features [b, t, f] -> Dense -> [b, t, d]."""
         if jnp.issubdtype(inputs.dtype, jnp.integer):
             if self.vocab_size is None:
-                raise ValueError(
+                raise ConfigError(
                     f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
                     "set --model.vocab-size"
                 )
             return self.make_embedding(self.vocab_size, name=name)(inputs)
         if inputs.ndim != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} expects token ids [batch, time] or features "
                 f"[batch, time, features], got shape {tuple(inputs.shape)}"
             )
@@ -79,7 +80,7 @@ class TransformerClassifier(TransformerEncoderModel):
             weights = jnp.ones(encoded.shape[:2]) if mask is None else mask.astype(jnp.float32)
             pooled = jnp.einsum("btd,bt->bd", encoded, weights) / weights.sum(1, keepdims=True)
         else:
-            raise ValueError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
+            raise ConfigError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
         return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)(pooled)
 
 
@@ -98,9 +99,9 @@ class MaskedLanguageModel(TransformerEncoderModel):
     ) -> jax.Array:
         """Token ids [b, t] -> logits [b, t, num_outputs]."""
         if self.vocab_size is None or not jnp.issubdtype(inputs.dtype, jnp.integer):
-            raise ValueError("MaskedLanguageModel reads token ids and needs vocab_size")
+            raise ConfigError("MaskedLanguageModel reads token ids and needs vocab_size")
         if self.num_outputs > self.vocab_size:
-            raise ValueError(f"num_outputs {self.num_outputs} > vocab_size {self.vocab_size}")
+            raise ConfigError(f"num_outputs {self.num_outputs} > vocab_size {self.vocab_size}")
         embedding = self.make_embedding(self.vocab_size, name="embedding")
         x = self.encode(embedding(inputs), mask, train)
         x = RowDense(

@@ -2,11 +2,13 @@
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from arch.errors import ConfigError
 
 Activation = Literal["sigmoid", "tanh", "relu", "gelu", "identity"]
 
@@ -22,14 +24,14 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     """The activation function called `name`; a clear error for an unknown one."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
 def flatten_examples(x: jax.Array) -> jax.Array:
     """[b, ...] -> [b, features]: every trailing axis of an example becomes one feature axis."""
     if x.ndim < 2:
-        raise ValueError(f"expected a batch of examples [batch, ...features], got shape {x.shape}")
+        raise ConfigError(f"expected a batch of examples [batch, ...features], got shape {x.shape}")
     return x.reshape(x.shape[0], -1)  # [b, f]
 
 
@@ -40,7 +42,7 @@ def sinusoidal_encoding(positions: jax.Array, features: int) -> jax.Array:
     """The encoding of "Attention Is All You Need": positions [..., t] -> [..., t, d] float32,
     PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d))."""
     if features % 2:
-        raise ValueError(f"the sinusoidal encoding needs an even width, got {features}")
+        raise ConfigError(f"the sinusoidal encoding needs an even width, got {features}")
     rates = 10000.0 ** (-jnp.arange(0, features, 2, dtype=jnp.float32) / features)  # [d/2]
     angles = positions.astype(jnp.float32)[..., None] * rates  # [..., t, d/2]
     pairs = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # [..., t, d/2, 2]
@@ -63,7 +65,7 @@ class PositionalEncoding(nn.Module):
             return x + sinusoidal_encoding(positions, x.shape[-1]).astype(x.dtype)
         if self.kind == "learned":
             if x.shape[1] > self.max_len:  # the other kinds have no table to run out of
-                raise ValueError(
+                raise ConfigError(
                     f"sequence of {x.shape[1]} positions exceeds max_len {self.max_len} "
                     "(the learned table's rows)"
                 )
@@ -77,7 +79,9 @@ class PositionalEncoding(nn.Module):
             return x + table(positions).astype(x.dtype)
         if self.kind in ("rotary", "none"):
             return x
-        raise ValueError(f"unknown positional encoding {self.kind!r}")
+        raise ConfigError(
+            f"unknown positional encoding {self.kind!r}; choose one of {get_args(Positional)}"
+        )
 
 
 class RowDense(nn.Module):

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.errors import ConfigError
 from arch.layers import RowDense
 
 ScanMethod = Literal["auto", "sequential", "parallel"]
@@ -30,7 +31,7 @@ def resolve_method(method: ScanMethod) -> str:
     if method == "auto":
         return "sequential" if jax.default_backend() == "cpu" else "parallel"
     if method not in SCAN_METHODS:
-        raise ValueError(f"unknown scan method {method!r}; choose one of {SCAN_METHODS} or 'auto'")
+        raise ConfigError(f"unknown scan method {method!r}; choose one of {SCAN_METHODS} or 'auto'")
     return method
 
 

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.errors import ConfigError
 from arch.linear_recurrent import LRU, MinGRU, MinLSTM, ScanMethod, SelectiveSSM, dense
 
 Mixer = Literal["lru", "mingru", "minlstm", "mamba"]
@@ -52,7 +53,7 @@ class LinearRecurrentBlock(nn.Module):
 
     def setup(self) -> None:
         if self.mixer not in MIXERS:
-            raise ValueError(f"unknown mixer {self.mixer!r}; choose one of {sorted(MIXERS)}")
+            raise ConfigError(f"unknown mixer {self.mixer!r}; choose one of {sorted(MIXERS)}")
         options = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         self.mix = MIXERS[self.mixer](self.features, **self.sizes(), **options)
         self.norms = [nn.LayerNorm(**options) for _ in range(2)]
@@ -132,13 +133,13 @@ class LinearRecurrentModel(nn.Module):
         """Token ids [b, t] -> [b, t, d]; features [b, t, f] -> [b, t, d]."""
         if jnp.issubdtype(inputs.dtype, jnp.integer):
             if self.vocab_size is None:
-                raise ValueError(
+                raise ConfigError(
                     f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
                     "set --model.vocab-size"
                 )
             return self.embedding(inputs)
         if inputs.ndim != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} expects token ids [batch, time] or features "
                 f"[batch, time, features], got shape {tuple(inputs.shape)}"
             )

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.cudnn_lstm import FastPath, cudnn_lstm, use_cudnn
+from arch.errors import ConfigError
 from arch.layers import Activation, activation_fn
 from arch.recurrent_scan import scan_forward, scan_with_custom_backward
 
@@ -260,7 +261,7 @@ class RNN(nn.Module):
         masks = masks.astype(jnp.float32)  # [t, b]
         options = {"reverse": self.reverse, "unroll": self.unroll, "hoist": self.hoist_inputs}
         if self.backward == "custom" and not self.cell.separable:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self.cell).__name__} is not separable (step = update(state, W_x x + b, "
                 "W_h h)), so it has no custom backward pass; use backward='autodiff' or 'auto'"
             )
@@ -338,13 +339,13 @@ class RecurrentModel(nn.Module):
         """Token ids [b, t] -> [b, t, e], or features [b, t, f] as they are."""
         if jnp.issubdtype(inputs.dtype, jnp.integer):
             if self.vocab_size is None:
-                raise ValueError(
+                raise ConfigError(
                     f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
                     "set --model.vocab-size"
                 )
             return nn.Embed(self.vocab_size, self.embed_size, param_dtype=self.param_dtype)(inputs)
         if inputs.ndim != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} expects sequences [batch, time, features] or token ids "
                 f"[batch, time], got shape {tuple(inputs.shape)}"
             )
@@ -412,9 +413,9 @@ class RNNLanguageModel(RecurrentModel):
 
     def setup(self) -> None:
         if self.bidirectional:
-            raise ValueError("a language model reads left to right: bidirectional must be False")
+            raise ConfigError("a language model reads left to right: bidirectional must be False")
         if self.vocab_size is None:
-            raise ValueError("RNNLanguageModel needs vocab_size (token inputs)")
+            raise ConfigError("RNNLanguageModel needs vocab_size (token inputs)")
         self.embedding = nn.Embed(self.vocab_size, self.embed_size, param_dtype=self.param_dtype)
         self.layers = [self.layer() for _ in range(self.num_layers)]  # layers_0, layers_1, ...
         self.dropout = nn.Dropout(self.dropout_rate)

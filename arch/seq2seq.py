@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.attention import attend
+from arch.errors import ConfigError
 from arch.recurrent import CELLS, RNN, Cell, State, matmul
 
 AttentionKind = Literal["none", "bahdanau", "luong_dot", "luong_general"]
@@ -84,11 +85,11 @@ class RNNSeq2Seq(nn.Module):
 
     def setup(self) -> None:
         if self.vocab_size is None:
-            raise ValueError("RNNSeq2Seq needs vocab_size (token inputs)")
+            raise ConfigError("RNNSeq2Seq needs vocab_size (token inputs)")
         if self.cell not in ("lstm", "gru"):
-            raise ValueError(f"cell must be 'lstm' or 'gru', got {self.cell!r}")
+            raise ConfigError(f"cell must be 'lstm' or 'gru', got {self.cell!r}")
         if self.attention == "luong_dot" and self.memory_size != self.hidden_size:
-            raise ValueError(
+            raise ConfigError(
                 "luong_dot scores h_t . h_j need the memory width (2n, bidirectional) to equal "
                 "hidden_size; use luong_general or a one-way encoder"
             )

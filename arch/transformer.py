@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.attention import Kernel, MultiHeadAttention
+from arch.errors import ConfigError
 from arch.layers import Activation, FeedForward, Positional, PositionalEncoding, RowDense
 
 Norm = Literal["pre", "post"]
@@ -171,7 +172,7 @@ class TransformerStack(nn.Module):
         self, caches: list[Cache], x: jax.Array, index: jax.Array, **memory: Any
     ) -> tuple[jax.Array, list[Cache]]:
         if self.scan_layers:
-            raise ValueError("decoding with a cache needs scan_layers=False")
+            raise ConfigError("decoding with a cache needs scan_layers=False")
         new_caches = []
         for cache, block in zip(caches, self.blocks, strict=True):
             x, cache = block.decode_step(cache, x, index, **memory)
@@ -252,7 +253,10 @@ class TransformerModel(nn.Module):
     def head_cache(self, batch: int, max_len: int) -> list[Cache]:
         """Empty key / value caches [b, max_len, h, e] of every decoder layer."""
         if max_len > self.max_len and self.positional == "learned":
-            raise ValueError(f"a cache of {max_len} positions exceeds max_len {self.max_len}")
+            raise ConfigError(
+                f"a cache of {max_len} positions exceeds max_len {self.max_len} (the learned "
+                "positions); decode fewer tokens or train with a larger max_len"
+            )
         shape = (batch, max_len, self.num_heads, self.features // self.num_heads)
         zeros = lambda: jnp.zeros(shape, self.dtype)
         return [{"key": zeros(), "value": zeros()} for _ in range(self.num_layers)]
@@ -278,9 +282,9 @@ class TransformerLM(TransformerModel):
 
     def setup(self) -> None:
         if self.vocab_size is None:
-            raise ValueError("TransformerLM needs vocab_size (token inputs)")
+            raise ConfigError("TransformerLM needs vocab_size (token inputs)")
         if self.tie_embeddings and self.num_outputs != self.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"tied embeddings need num_outputs == vocab_size, got {self.num_outputs}, "
                 f"{self.vocab_size}; or set tie_embeddings=False"
             )
@@ -329,9 +333,12 @@ class EncoderDecoderTransformer(TransformerModel):
 
     def setup(self) -> None:
         if self.vocab_size is None:
-            raise ValueError("EncoderDecoderTransformer needs vocab_size (token inputs)")
+            raise ConfigError("EncoderDecoderTransformer needs vocab_size (token inputs)")
         if self.tie_embeddings and self.num_outputs != self.vocab_size:
-            raise ValueError("tied embeddings need num_outputs == vocab_size")
+            raise ConfigError(
+                f"tied embeddings need num_outputs == vocab_size, got {self.num_outputs}, "
+                f"{self.vocab_size}; or set tie_embeddings=False"
+            )
         self.embedding = self.make_embedding(self.vocab_size)
         if self.source_vocab_size is not None:
             self.source_embedding = self.make_embedding(self.source_vocab_size)

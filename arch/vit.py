@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 from arch.encoder import TransformerClassifier
+from arch.errors import ConfigError
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -15,11 +16,13 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
-        raise ValueError(f"ViT expects images [batch, height, width, channels], got {images.shape}")
+        raise ConfigError(
+            f"ViT expects images [batch, height, width, channels], got {images.shape}"
+        )
     batch, height, width, channels = images.shape
     p = patch_size
     if height % p or width % p:
-        raise ValueError(f"image {height}x{width} is not divisible into {p}x{p} patches")
+        raise ConfigError(f"image {height}x{width} is not divisible into {p}x{p} patches")
     patches = images.reshape(batch, height // p, p, width // p, p, channels)
     patches = patches.transpose(0, 1, 3, 2, 4, 5)  # [b, y/p, x/p, p, p, c]
     return patches.reshape(batch, (height // p) * (width // p), p * p * channels)  # [b, n, ppc]

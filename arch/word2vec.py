@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from arch.errors import ConfigError
+
 
 class SkipGram(nn.Module):
     """Skip-gram with negative sampling: dot products of center and context word vectors.
@@ -41,7 +43,7 @@ class SkipGram(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         if inputs.ndim != 2 or inputs.shape[-1] != self.num_outputs + 1:
-            raise ValueError(
+            raise ConfigError(
                 f"SkipGram with num_outputs {self.num_outputs} takes word ids [batch, "
                 f"{self.num_outputs + 1}] = (center, context, {self.num_outputs - 1} "
                 f"negatives), got shape {tuple(inputs.shape)}"
@@ -78,7 +80,7 @@ def word_vectors(params: Any, which: Literal["center", "sum"] = "center") -> jax
     """The word-vector table [v, d] of trained SkipGram parameters: the input (center)
     vectors v_w, as word2vec publishes them, or v_w + u_w (Pennington et al. 2014's sum)."""
     if which not in ("center", "sum"):
-        raise ValueError(f"which must be 'center' or 'sum', got {which!r}")
+        raise ConfigError(f"which must be 'center' or 'sum', got {which!r}")
     center = params["center"]["embedding"]
     return center if which == "center" else center + params["context"]["embedding"]
 

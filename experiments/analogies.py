@@ -50,6 +50,7 @@ import numpy as np
 import tyro
 
 from arch import MODELS
+from arch.errors import ConfigError
 from arch.word2vec import analogy_accuracy, nearest_neighbours, unit_rows, word_vectors
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     if config.smoke:
         config = dataclasses.replace(config, steps=800, seeds=config.seeds[:1], noises=(0.2, 0.5))
     if config.claim_noise not in config.noises:
-        raise ValueError(f"claim_noise {config.claim_noise} must be one of noises {config.noises}")
+        raise ConfigError(f"claim_noise {config.claim_noise} must be one of noises {config.noises}")
     start = time.perf_counter()
     out_dir = experiment_dir("analogies", config.run_dir)
     model = MODELS["word2vec"](embed_size=config.embed_size)

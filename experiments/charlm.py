@@ -66,6 +66,7 @@ import tyro
 
 from arch import MODELS
 from arch.decoding import generate
+from arch.errors import ConfigError
 from arch.layers import Positional
 from experiments.language_model import fit_language_model
 from train.loop import FitResult
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_eval=config.num_eval,
     )
     if task.vocab_size > 26:
-        raise ValueError("samples are printed as letters: the language needs <= 26 symbols")
+        raise ConfigError("samples are printed as letters: the language needs <= 26 symbols")
     start = time.perf_counter()
     rows = [train_model(name, m, task, config, out) for name, m in make_models(config).items()]
     results = {

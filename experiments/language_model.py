@@ -55,6 +55,7 @@ import tyro
 
 from arch import MODELS
 from arch.decoding import generate
+from arch.errors import ConfigError
 from train.loop import FitResult, RunConfig, fit
 from train.optim import OptimConfig
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
             evaluations=2,
         )
     if "lstm" not in config.cells:
-        raise ValueError(
+        raise ConfigError(
             f"the claim is about the LSTM: --cells must include lstm, got {config.cells}"
         )
     out = experiment_dir("language_model", config.run_dir)

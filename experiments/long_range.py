@@ -85,6 +85,7 @@ import numpy as np
 import tyro
 
 from arch import MODELS
+from arch.errors import ConfigError
 from arch.recurrent import CellName
 from train.loop import FitResult, RunConfig, fit
 from train.optim import OptimConfig, ScheduleName
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
             evaluations=2,
         )
     if config.bar_length not in config.adding_lengths:
-        raise ValueError(
+        raise ConfigError(
             f"bar_length {config.bar_length} must be one of adding_lengths {config.adding_lengths}"
         )
     out = experiment_dir("long_range", config.run_dir)

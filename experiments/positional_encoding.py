@@ -68,6 +68,7 @@ import numpy as np
 import tyro
 
 from arch import MODELS
+from arch.errors import ConfigError
 from arch.layers import Positional
 from train.loop import FitResult
 from train.optim import OptimConfig
@@ -285,12 +286,12 @@ def main(argv: list[str] | None = None) -> dict:
             seeds=config.seeds[:1],
         )
     if "none" not in config.encodings or len(set(config.encodings)) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"the claim compares no positions with positions: --encodings must include none and "
             f"another encoding, got {config.encodings}"
         )
     if config.reverse_length % 2:
-        raise ValueError(f"--reverse-length must be even, got {config.reverse_length}")
+        raise ConfigError(f"--reverse-length must be even, got {config.reverse_length}")
     out = experiment_dir("positional_encoding", config.run_dir)
     start = time.perf_counter()
     runs, levels = [], {}

@@ -76,6 +76,7 @@ import tyro
 
 from arch import MODELS
 from arch.decoding import generate
+from arch.errors import ConfigError
 from experiments._rva_report import KINDS, plot, series, table_rows
 from train import bench
 from train import flops as flop_count
@@ -162,7 +163,7 @@ def build(family: str, width: int, layers: int, dtype: str = "float32", max_len:
             features=width, num_heads=heads_for(width), max_len=max_len, kernel=kernel,
             positional="rotary", **common,
         )  # fmt: skip
-    raise ValueError(f"unknown family {family!r}; choose from {RECURRENT + ATTENTION}")
+    raise ConfigError(f"unknown family {family!r}; choose from {RECURRENT + ATTENTION}")
 
 
 def count_parameters(model: Any) -> int:

@@ -58,6 +58,7 @@ import numpy as np
 import tyro
 
 from arch import MODELS
+from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
@@ -240,11 +241,13 @@ def plot(results: dict, out: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     config = tyro.cli(Config, args=argv)
     if list(config.lengths) != sorted(set(config.lengths)) or len(config.lengths) < 2:
-        raise ValueError(f"--lengths must be at least two increasing lengths, got {config.lengths}")
+        raise ConfigError(
+            f"--lengths must be at least two increasing lengths, got {config.lengths}"
+        )
     if max(config.lengths) > config.max_length:
-        raise ValueError(f"--lengths go beyond the trained --max-length {config.max_length}")
+        raise ConfigError(f"--lengths go beyond the trained --max-length {config.max_length}")
     if not config.min_length <= config.heatmap_length <= config.max_length:
-        raise ValueError("--heatmap-length must lie within the trained lengths")
+        raise ConfigError("--heatmap-length must lie within the trained lengths")
     if config.smoke:
         config = dataclasses.replace(
             config,

@@ -59,6 +59,7 @@ import numpy as np
 import tyro
 
 from arch import MODELS
+from arch.errors import ConfigError
 from experiments.digits import plot
 from train.optim import OptimConfig
 from train.report import experiment_dir, fit_seeds, format_table, seed_summary, write_results
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         config = dataclasses.replace(config, steps=20, seeds=config.seeds[:1], evaluations=2)
     unknown = [name for name in config.vits if name not in VITS]
     if unknown:
-        raise ValueError(f"unknown ViT sizes {unknown}; choose from {sorted(VITS)}")
+        raise ConfigError(f"unknown ViT sizes {unknown}; choose from {sorted(VITS)}")
     out = experiment_dir("vit_vs_cnn", config.run_dir)
     models = {"lenet": MODELS["lenet"]()}
     models.update({name: MODELS["vit"](**VITS[name]) for name in config.vits})
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = task.data["train"][0][:1]  # [1, 8, 8, 1]
     sizes = {name: size_of(model, images) for name, model in models.items()}
     if not any(is_matched(sizes[name], sizes["lenet"]) for name in config.vits):
-        raise ValueError(
+        raise ConfigError(
             f"no ViT among {config.vits} is within {MATCH_TOLERANCE:.0%} of LeNet's "
             f"{sizes['lenet']:,} parameters; the claim needs one"
         )

@@ -52,9 +52,8 @@ def accumulation(sharded: bool) -> float:
     task = TASKS["digits"](batch_size=128)
     big = task.train_batch(task.position_after(0))
     micro = [{k: v[32 * i : 32 * (i + 1)] for k, v in big.items()} for i in range(4)]
-    placement = Placement.for_run(ShardingConfig(data=2, fsdp=4, fsdp_min_size=64))
-    if not sharded:
-        placement = Placement(None, placement.config)
+    config = ShardingConfig(data=2, fsdp=4, fsdp_min_size=64)
+    placement = Placement.for_run(config) if sharded else Placement(None, config)
     params = []
     for accumulate, batches in ((4, micro), (1, [big])):
         tx = make_optimizer(OptimConfig(name="adam", lr=0.01, accumulate=accumulate), 100)

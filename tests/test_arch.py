@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from arch import MLP, MODELS, LeNet, Perceptron, ResNet
+from arch.errors import ConfigError
 from arch.layers import ACTIVATIONS, Activation, activation_fn
 from train.state import parameter_count
 
@@ -113,7 +114,7 @@ def test_output_shape(name, num_outputs):
 def test_dense_models_flatten_any_example_shape(model):
     assert output_shape(model, (5, 2)).shape == (5, 1)
     assert output_shape(model, (5, 3, 4)).shape == (5, 1)
-    with pytest.raises(ValueError, match="batch of examples"):
+    with pytest.raises(ConfigError, match="batch of examples"):
         output_shape(model, (5,))
 
 
@@ -137,14 +138,14 @@ def test_conv_models_accept_images_with_or_without_the_channel_axis(cls):
 @pytest.mark.parametrize("cls", [LeNet, ResNet])
 @pytest.mark.parametrize("shape", [(4, 2), (4, 8, 8, 1, 1)])
 def test_conv_models_reject_non_images(cls, shape):
-    with pytest.raises(ValueError, match="images") as error:
+    with pytest.raises(ConfigError, match="images") as error:
         output_shape(cls(), shape)
     assert cls.__name__ in str(error.value) and str(shape) in str(error.value)
 
 
 @pytest.mark.parametrize("cls", [MLP, LeNet])
 def test_unknown_activation_lists_the_valid_ones(cls):
-    with pytest.raises(ValueError, match="unknown activation 'swish'") as error:
+    with pytest.raises(ConfigError, match="unknown activation 'swish'") as error:
         abstract_variables(cls(activation="swish"))
     for name in ACTIVATIONS:
         assert repr(name) in str(error.value)

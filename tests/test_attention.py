@@ -17,6 +17,7 @@ import pytest
 from conftest import random_inputs, random_variables
 
 from arch.attention import AdditiveAttention, LuongAttention, MultiHeadAttention, rotary_embedding
+from arch.errors import ConfigError
 from arch.layers import FeedForward, PositionalEncoding, sinusoidal_encoding
 
 B, Q, K, D, H = 2, 5, 7, 16, 4  # e = 4
@@ -197,7 +198,7 @@ def test_rotary_embedding_preserves_the_norm_of_each_head_vector():
 
 
 def test_rotary_embedding_needs_an_even_head_width():
-    with pytest.raises(ValueError, match="even head width, got 5"):
+    with pytest.raises(ConfigError, match="even head width, got 5"):
         rotary_embedding(jnp.ones((1, 2, 1, 5)), jnp.arange(2)[None])
 
 
@@ -219,7 +220,7 @@ def test_sinusoidal_encoding_equals_the_formula():
     result = jax.jit(sinusoidal_encoding, static_argnums=1)(jnp.asarray(positions), d)
     assert result.dtype == jnp.float32
     chex.assert_trees_all_close(result, sinusoids(positions, d), atol=1e-5)
-    with pytest.raises(ValueError, match="even width, got 5"):
+    with pytest.raises(ConfigError, match="even width, got 5"):
         sinusoidal_encoding(jnp.asarray(positions), 5)
 
 
@@ -250,7 +251,7 @@ def test_rotary_and_none_leave_the_embeddings_unchanged(kind):
 
 def test_learned_positions_reject_sequences_longer_than_their_table():
     x = random_inputs(1, 9, D)
-    with pytest.raises(ValueError, match="sequence of 9 positions exceeds max_len 8"):
+    with pytest.raises(ConfigError, match="sequence of 9 positions exceeds max_len 8"):
         apply_positions("learned", x, max_len=8)
 
 
@@ -262,7 +263,7 @@ def test_positions_without_a_table_take_any_length(kind):
 
 
 def test_unknown_positional_encoding_is_named():
-    with pytest.raises(ValueError, match="unknown positional encoding 'relative'"):
+    with pytest.raises(ConfigError, match="unknown positional encoding 'relative'"):
         apply_positions("relative", random_inputs(1, 3, D))
 
 

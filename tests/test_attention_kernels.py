@@ -21,6 +21,7 @@ from arch.attention import (
     flash_attention,
 )
 from arch.blockwise_attention import blockwise_attention
+from arch.errors import ConfigError
 
 BATCH, HEADS, WIDTH, BLOCK = 2, 3, 8, 16
 SCALE = WIDTH**-0.5
@@ -267,7 +268,7 @@ def test_auto_on_cpu_is_einsum_for_short_and_blockwise_for_long_sequences():
 
 def test_cudnn_kernel_refuses_a_padding_mask():
     q = jnp.zeros((1, 8, 1, 8), jnp.bfloat16)
-    with pytest.raises(ValueError, match="cudnn kernel takes no key_mask"):
+    with pytest.raises(ConfigError, match="cudnn kernel takes no key_mask"):
         dot_product_attention(q, q, q, key_mask=jnp.ones((1, 8), bool), kernel="cudnn")
 
 

@@ -24,6 +24,7 @@ from arch.decoding import (
     tile_beams,
     translate,
 )
+from arch.errors import ConfigError
 from arch.seq2seq import RNNSeq2Seq
 
 PAD, EOS, BOS = 0, 1, 2
@@ -213,7 +214,7 @@ def test_length_normalisation_by_hand():
         length_normaliser(lengths, 0.6, "gnmt"), ((5 + np.array([1, 2, 10])) / 6) ** 0.6
     )
     chex.assert_trees_all_close(length_normaliser(lengths, 0.0, "power"), np.ones(3))
-    with pytest.raises(ValueError, match="gnmt"):
+    with pytest.raises(ConfigError, match="gnmt"):
         length_normaliser(lengths, 1.0, "linear")
 
 
@@ -224,5 +225,5 @@ def test_caches_are_tiled_and_gathered_along_the_beams():
     assert int(tiled["index"]) == 5  # a scalar is shared
     gathered = gather_beams(tiled, jnp.array([3, 2, 1, 0]))
     np.testing.assert_array_equal(gathered["state"], [[3, 4, 5]] * 2 + [[0, 1, 2]] * 2)
-    with pytest.raises(ValueError, match="beam_width"):
+    with pytest.raises(ConfigError, match="beam_width"):
         run(beam_search, GREEDY_TRAP, 0)

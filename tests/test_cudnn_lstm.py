@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arch.cudnn_lstm import cudnn_lstm, use_cudnn
+from arch.errors import ConfigError
 from arch.recurrent import RNN, GRUCell, LSTMCell
 
 GPU = jax.default_backend() == "gpu"
@@ -64,12 +65,12 @@ def test_auto_takes_the_fast_path_only_where_it_applies():
 
 def test_forcing_cudnn_where_it_cannot_run_names_every_obstacle():
     gru, x = GRUCell(N, parent=None), jnp.zeros((B, T, F))
-    with pytest.raises(ValueError, match=r"runs LSTM cells only \(got GRUCell\).*padding mask"):
+    with pytest.raises(ConfigError, match=r"runs LSTM cells only \(got GRUCell\).*padding mask"):
         use_cudnn("cudnn", gru, x, jnp.ones((B, T)), False)
     if not GPU:
-        with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+        with pytest.raises(ConfigError, match="needs an NVIDIA GPU"):
             use_cudnn("cudnn", LSTMCell(N, parent=None), x, None, False)
-    with pytest.raises(ValueError, match="unknown RNN fast_path 'cuda'"):
+    with pytest.raises(ConfigError, match="unknown RNN fast_path 'cuda'"):
         use_cudnn("cuda", gru, x, None, False)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from arch import MODELS
+from arch.errors import ConfigError
 from train.ensemble import fit_ensemble, member
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
@@ -44,7 +45,7 @@ def test_members_differ_and_losses_are_recorded_per_member(ensemble):
 
 
 def test_bad_ensembles_are_refused():
-    with pytest.raises(ValueError, match="one lr factor per seed"):
+    with pytest.raises(ConfigError, match="one lr factor per seed"):
         fit_ensemble(model(), TASKS["digits"](), OPTIM, 1, (0, 1), (1.0,))
-    with pytest.raises(ValueError, match="lr factors must be > 0"):
+    with pytest.raises(ConfigError, match="lr factors must be > 0"):
         fit_ensemble(model(), TASKS["digits"](), OPTIM, 1, (0,), (0.0,))

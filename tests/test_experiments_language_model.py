@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from arch.errors import ConfigError
 from experiments import language_model
 from train.tasks import MarkovLanguage
 
@@ -93,5 +94,5 @@ def test_samples_are_valid_tokens_scored_under_the_source(smoke):
 
 
 def test_the_claim_needs_the_lstm():
-    with pytest.raises(ValueError, match="must include lstm"):
+    with pytest.raises(ConfigError, match="must include lstm"):
         language_model.main(["--smoke", "--cells", "gru"])

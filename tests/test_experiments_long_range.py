@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from arch.errors import ConfigError
 from experiments import long_range
 
 CELLS = ("elman", "lstm", "gru")
@@ -69,5 +70,5 @@ def test_smoke_run_writes_results_plot_and_a_consistent_verdict(tmp_path):
 
 
 def test_bar_length_must_be_one_of_the_adding_lengths(tmp_path):
-    with pytest.raises(ValueError, match="bar_length 200 must be one of adding_lengths"):
+    with pytest.raises(ConfigError, match="bar_length 200 must be one of adding_lengths"):
         long_range.main(["--adding-lengths", "50", "--run-dir", str(tmp_path)])

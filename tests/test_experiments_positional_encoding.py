@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from arch.errors import ConfigError
 from experiments import positional_encoding
 from train.tasks import TASKS
 
@@ -75,5 +76,5 @@ def test_the_order_blind_levels(smoke):
 
 
 def test_the_comparison_needs_no_positions_and_another(tmp_path):
-    with pytest.raises(ValueError, match="must include none"):
+    with pytest.raises(ConfigError, match="must include none"):
         positional_encoding.main(["--smoke", "--encodings", "learned", "--run-dir", str(tmp_path)])

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from arch.errors import ConfigError
 from experiments import seq2seq_bottleneck
 
 
@@ -42,5 +43,5 @@ def test_results_plots_and_the_verdict_from_the_numbers(smoke):
 
 
 def test_bad_lengths_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="increasing"):
+    with pytest.raises(ConfigError, match="increasing"):
         seq2seq_bottleneck.main(["--lengths", "6", "3", "--run-dir", str(tmp_path)])

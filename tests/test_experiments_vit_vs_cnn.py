@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from arch.errors import ConfigError
 from experiments import vit_vs_cnn
 
 MATCHED = ("vit_wide", "vit_deep", "vit_p4")
@@ -55,10 +56,10 @@ def test_smoke(tmp_path):
 
 
 def test_an_unknown_vit_size_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown ViT sizes.*vit_huge"):
+    with pytest.raises(ConfigError, match="unknown ViT sizes.*vit_huge"):
         vit_vs_cnn.main(["--smoke", "--vits", "vit_huge", "--run-dir", str(tmp_path)])
 
 
 def test_the_claim_needs_a_matched_vit(tmp_path):
-    with pytest.raises(ValueError, match="no ViT .* within 10%"):
+    with pytest.raises(ConfigError, match="no ViT .* within 10%"):
         vit_vs_cnn.main(["--smoke", "--vits", "vit_default", "--run-dir", str(tmp_path)])

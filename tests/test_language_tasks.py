@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import TEXT_ALPHABETS, TEXT_BOUNDS
 
+from arch.errors import ConfigError
 from train.tasks import DataPosition, MarkovLanguage, TextFile
 from train.tasks.language import LanguageModelLoss, MarkovChain, stationary_distribution
 
@@ -58,9 +59,9 @@ def test_stationary_distribution_of_an_order_two_chain_is_a_left_eigenvector():
 
 
 def test_markov_chain_rejects_a_table_of_the_wrong_shape_or_not_distributions():
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ConfigError, match="shape"):
         MarkovChain(np.full((3, 2), 0.5), vocab_size=2, order=2)
-    with pytest.raises(ValueError, match="probability distribution"):
+    with pytest.raises(ConfigError, match="probability distribution"):
         MarkovChain(np.array([[0.5, 0.6], [0.5, 0.5]]), vocab_size=2, order=1)
 
 
@@ -117,7 +118,7 @@ def test_markov_language_depends_on_source_seed_not_on_seed():
     ],
 )
 def test_markov_language_rejects_bad_fields(fields, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         MarkovLanguage(**fields)
 
 
@@ -191,18 +192,18 @@ def test_text_round_trips_the_bytes(tmp_path):
 
 
 def test_text_asks_for_a_path(tmp_path):
-    with pytest.raises(ValueError, match="--task.path"):
+    with pytest.raises(ConfigError, match="--task.path"):
         TextFile().train_batch(DataPosition())
-    with pytest.raises(FileNotFoundError, match="--task.path"):
+    with pytest.raises(ConfigError, match="--task.path"):
         TextFile(path=str(tmp_path / "missing.txt")).data  # noqa: B018 - loading is lazy
 
 
 def test_text_rejects_a_file_too_small_for_a_window(tmp_path):
     path = tmp_path / "small.txt"
     path.write_bytes(b"x" * 200)  # validation and test regions of 10 bytes
-    with pytest.raises(ValueError, match="validation region holds 10 bytes"):
+    with pytest.raises(ConfigError, match="validation region holds 10 bytes"):
         TextFile(path=str(path), length=16).data  # noqa: B018 - loading is lazy
-    with pytest.raises(ValueError, match="fraction"):
+    with pytest.raises(ConfigError, match="fraction"):
         TextFile(validation_fraction=0.6, test_fraction=0.4)
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from arch.errors import ConfigError
 from arch.linear_recurrent import SCAN_METHODS, linear_scan, linear_step, resolve_method
 
 BATCH, WIDTH = 2, 4
@@ -158,7 +159,7 @@ def test_iterated_step_equals_scan(complex_):
 
 def test_unknown_method_is_a_clear_error():
     x = random_recurrence(SHORT, complex_=False)
-    with pytest.raises(ValueError, match=r"unknown scan method 'tree'.*sequential.*parallel"):
+    with pytest.raises(ConfigError, match=r"unknown scan method 'tree'.*sequential.*parallel"):
         linear_scan(x["a"], x["b"], method="tree")
 
 

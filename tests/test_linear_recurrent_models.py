@@ -13,6 +13,7 @@ import pytest
 from conftest import random_inputs
 
 from arch import MODELS
+from arch.errors import ConfigError
 from arch.linear_recurrent import (
     LRU,
     MinGRU,
@@ -112,7 +113,7 @@ def test_min_rnns_follow_their_step_by_step_definition(cls):
 
 
 def test_unknown_mixer_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown mixer 'mamba2'"):
+    with pytest.raises(ConfigError, match="unknown mixer 'mamba2'"):
         LinearRecurrentLM(**SMALL, mixer="mamba2").init(jax.random.key(0), np.zeros((1, 3), int))
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arch import MLP, MODELS, LeNet, Perceptron
+from arch.errors import ConfigError
 from train.__main__ import main
 from train.checkpoint import CheckpointConfig
 from train.loop import FitResult, NonFiniteError, RunConfig, evaluate, fit
@@ -142,7 +143,7 @@ def test_adapt_model_takes_the_size_from_the_task():
 
 
 def test_an_explicit_wrong_num_outputs_is_refused():
-    with pytest.raises(ValueError, match="needs 10; drop --model.num-outputs or set it to 10"):
+    with pytest.raises(ConfigError, match="needs 10; drop --model.num-outputs or set it to 10"):
         fit(MLP(num_outputs=7), Digits(), run=RunConfig(steps=1, **QUIET))
 
 
@@ -177,11 +178,11 @@ def test_cli_unknown_task_lists_the_tasks(tmp_path, capsys):
 
 
 def test_cli_negative_learning_rate_is_a_usage_error(tmp_path, capsys):
-    # OptimConfig raises ValueError; tyro turns a ValueError raised while it builds the
-    # config into its usage error (exit status 2) that prints the message
+    # OptimConfig raises ConfigError, which tyro lets through while it builds the config;
+    # main() prints it as one line with exit status 2
     message = cli_error(capsys, ["mlp", "xor", "--optim.lr", "-1", *run_options(tmp_path)])
     assert "optim.lr must be > 0, got -1.0" in message
-    with pytest.raises(ValueError, match="optim.lr must be > 0"):
+    with pytest.raises(ConfigError, match="optim.lr must be > 0"):
         OptimConfig(lr=-1)
     assert not (tmp_path / "cli").exists()
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arch import RNNTagger
+from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, MarkovLanguage, TextFile
@@ -131,9 +132,9 @@ def test_loss_by_hand_on_the_chosen_positions_ignoring_the_mask_logit():
 
 @pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])
 def test_rejects_a_mask_rate_outside_zero_to_one(rate):
-    with pytest.raises(ValueError, match="mask_rate must be in"):
+    with pytest.raises(ConfigError, match="mask_rate must be in"):
         MaskedMarkovLanguage(mask_rate=rate)
-    with pytest.raises(ValueError, match="mask_rate must be in"):
+    with pytest.raises(ConfigError, match="mask_rate must be in"):
         MaskedTextFile(mask_rate=rate)
 
 

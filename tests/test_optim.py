@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from arch.errors import ConfigError
 from train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from train.validate import check_freeze_patterns
 
@@ -184,11 +185,11 @@ def test_lr_scale_is_a_per_parameter_learning_rate():
 def test_check_patterns_names_a_pattern_that_matches_nothing():
     params = initial_params()
     check_freeze_patterns(params, OptimConfig(lr_scale=(("kernel", 0.5),)))  # matches: fine
-    with pytest.raises(ValueError, match=r"optim\.lr_scale pattern 'kernal' matches no param"):
+    with pytest.raises(ConfigError, match=r"optim\.lr_scale pattern 'kernal' matches no param"):
         check_freeze_patterns(params, OptimConfig(lr_scale=(("kernal", 0.5),)))
-    with pytest.raises(ValueError, match=r"optim\.freeze pattern 'bais' matches no parameter"):
+    with pytest.raises(ConfigError, match=r"optim\.freeze pattern 'bais' matches no parameter"):
         check_freeze_patterns(params, OptimConfig(freeze=("bais",)))
-    with pytest.raises(ValueError, match=r"freezes every parameter"):
+    with pytest.raises(ConfigError, match=r"freezes every parameter"):
         check_freeze_patterns(params, OptimConfig(freeze=("dense",)))
 
 
@@ -288,12 +289,12 @@ def test_accumulate_averages_gradients_and_schedules_per_update():
     ],
 )
 def test_bad_config_raises_naming_the_field(fields, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         OptimConfig(**fields)
 
 
 def test_every_problem_is_reported_at_once():
-    with pytest.raises(ValueError, match=r"optim\.lr.*; optim\.accumulate"):
+    with pytest.raises(ConfigError, match=r"optim\.lr.*; optim\.accumulate"):
         OptimConfig(lr=0.0, accumulate=0)
 
 
@@ -302,5 +303,5 @@ def test_every_problem_is_reported_at_once():
     [({"name": "rmsprop"}, r"optim\.name"), ({"schedule": "linear"}, r"optim\.schedule")],
 )
 def test_unknown_optimizer_or_schedule_raises(fields, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         OptimConfig(**fields)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from arch import RNNClassifier, RNNTagger
+from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Reverse, Sorted
@@ -182,7 +183,7 @@ def test_sorted_a_classifier_of_the_bag_of_tokens_is_at_chance_one_of_the_order_
     ],
 )
 def test_order_tasks_reject_bad_fields(cls, fields, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         cls(**fields)
 
 

@@ -23,6 +23,7 @@ from conftest import (
 )
 
 from arch import MODELS
+from arch.errors import ConfigError
 from arch.recurrent import (
     RNN,
     LSTMCell,
@@ -291,7 +292,7 @@ def test_model_output_shapes():
 @pytest.mark.parametrize("cls", [RNNClassifier, RNNTagger])
 def test_token_inputs_need_a_vocabulary(cls):
     tokens = jax.ShapeDtypeStruct((2, 7), jnp.int32)
-    with pytest.raises(ValueError, match="vocab-size") as error:
+    with pytest.raises(ConfigError, match="vocab-size") as error:
         jax.eval_shape(cls(hidden_size=8).init, jax.random.key(0), tokens)
     assert cls.__name__ in str(error.value)
 
@@ -300,16 +301,16 @@ def test_token_inputs_need_a_vocabulary(cls):
 @pytest.mark.parametrize("shape", [(2, 7), (2, 7, 5, 1)])
 def test_float_inputs_must_be_sequences_of_features(cls, shape):
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    with pytest.raises(ValueError, match=r"\[batch, time, features\]") as error:
+    with pytest.raises(ConfigError, match=r"\[batch, time, features\]") as error:
         jax.eval_shape(cls(hidden_size=8).init, jax.random.key(0), x)
     assert str(shape) in str(error.value)
 
 
 def test_language_model_rejects_bidirectional_and_missing_vocabulary():
     tokens = jax.ShapeDtypeStruct((2, 7), jnp.int32)
-    with pytest.raises(ValueError, match="bidirectional"):
+    with pytest.raises(ConfigError, match="bidirectional"):
         jax.eval_shape(RNNLanguageModel(bidirectional=True).init, jax.random.key(0), tokens)
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(ConfigError, match="vocab_size"):
         jax.eval_shape(RNNLanguageModel(vocab_size=None).init, jax.random.key(0), tokens)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import BATCH, CELLS, HIDDEN, TIME, random_inputs
 
+from arch.errors import ConfigError
 from arch.recurrent import RNN, GRUCell, LSTMCell
 
 SEPARABLE = ["elman", "elman_relu", "lstm", "gru_reset_after"]
@@ -116,5 +117,5 @@ def test_only_separable_cells_take_the_custom_backward():
 
 def test_custom_backward_of_a_cell_that_is_not_separable_is_an_error(inputs, cell_variables):
     layer = RNN(CELLS["gru"](), backward="custom")
-    with pytest.raises(ValueError, match="not separable"):
+    with pytest.raises(ConfigError, match="not separable"):
         layer.apply(cell_variables["gru"], inputs)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arch import Detector
+from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.tasks import TASKS, DataPosition
 from train.tasks.scenes import CLASSES, Scenes, decode_outputs, detect, encode_targets
@@ -145,16 +146,16 @@ def test_a_wrong_box_costs_box_loss(task):
 
 
 def test_bad_configurations_are_refused():
-    with pytest.raises(ValueError, match="multiple of task.grid_size"):
+    with pytest.raises(ConfigError, match="multiple of task.grid_size"):
         Scenes(image_size=50)
-    with pytest.raises(ValueError, match="min_objects <= task.max_objects"):
+    with pytest.raises(ConfigError, match="min_objects <= task.max_objects"):
         Scenes(min_objects=3, max_objects=2)
-    with pytest.raises(ValueError, match="max_size <= task.image_size"):
+    with pytest.raises(ConfigError, match="max_size <= task.image_size"):
         Scenes(max_size=60)
 
 
 def test_a_model_whose_grid_does_not_match_is_refused(task):
-    with pytest.raises(ValueError, match=r"needs \(64, 6, 6, 9\)"):
+    with pytest.raises(ConfigError, match=r"needs \(64, 6, 6, 9\)"):
         fit(Detector(channels=(8, 8)), task, run=RunConfig.quiet(1))
 
 

@@ -17,6 +17,7 @@ from conftest import random_variables
 
 from arch import MODELS, EncoderDecoderTransformer
 from arch.attention import AdditiveAttention, LuongAttention, attend
+from arch.errors import ConfigError
 from arch.seq2seq import RNNSeq2Seq
 
 VOCAB, B, S, T = 13, 3, 7, 6
@@ -205,7 +206,7 @@ def test_registered_and_trains_from_the_same_inputs_as_the_transformer():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="luong_dot"):
+    with pytest.raises(ConfigError, match="luong_dot"):
         RNNSeq2Seq(**SMALL, attention="luong_dot", bidirectional=True).init(
             jax.random.key(0), inputs_of()
         )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arch import MLP
+from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.tasks import (
     TASKS,
@@ -208,7 +209,7 @@ def test_digits_rows_and_pixels_hold_the_image_pixels_labels_and_splits():
 
 
 def test_digits_rejects_an_unknown_layout():
-    with pytest.raises(ValueError, match="task.layout must be one of"):
+    with pytest.raises(ConfigError, match="task.layout must be one of"):
         Digits(layout="columns")
 
 
@@ -254,9 +255,9 @@ def test_sines_without_noise_have_unit_variance_and_windows_continue_the_series(
 
 
 def test_sines_rejects_periods_that_alias():
-    with pytest.raises(ValueError, match="min_period"):
+    with pytest.raises(ConfigError, match="min_period"):
         Sines(min_period=1.5)
-    with pytest.raises(ValueError, match="min_period"):
+    with pytest.raises(ConfigError, match="min_period"):
         Sines(min_period=10.0, max_period=5.0)
 
 

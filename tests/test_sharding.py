@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from sharding_driver import accumulation, run  # noqa: E402
 
+from arch.errors import ConfigError
 from train.sharding import ShardingConfig  # noqa: E402
 
 DRIVER = os.path.join(os.path.dirname(__file__), "sharding_driver.py")
@@ -126,7 +127,7 @@ def test_two_processes_through_jax_distributed_agree_with_one(one_device):
     ],
 )
 def test_a_mesh_that_does_not_fit_the_devices_is_refused(config, devices, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         config.shape(devices)
 
 

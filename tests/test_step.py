@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from arch import MLP, ResNet
+from arch.errors import ConfigError
 from train import losses
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig, make_optimizer
@@ -262,14 +263,14 @@ def test_init_params_wrong_shape_or_path_raise(mlp, digits):
     inputs = digits.example_batch()["inputs"]
     wrong_shape = {"hidden_0": {"kernel": np.zeros((64, 16), np.float32)}}
     message = r"hidden_0/kernel has shape \(64, 16\), the model needs \(64, 32\)"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         init_state(model, tx, inputs, seed=0, init_params=wrong_shape)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         merge_params(fresh, wrong_shape)
     unknown = {"hidden_1": {"kernel": np.zeros((32, 32), np.float32)}}
-    with pytest.raises(ValueError, match=r"parameters the model lacks: \['hidden_1/kernel'\]"):
+    with pytest.raises(ConfigError, match=r"parameters the model lacks: \['hidden_1/kernel'\]"):
         init_state(model, tx, inputs, seed=0, init_params=unknown)
-    with pytest.raises(ValueError, match=r"lacks: \['head/scale'\]"):
+    with pytest.raises(ConfigError, match=r"lacks: \['head/scale'\]"):
         merge_params(fresh, {"head": {"scale": np.ones(10, np.float32)}})
 
 

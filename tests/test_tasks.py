@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from arch import MLP
+from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.tasks import Blobs, Circles, DataPosition, Digits, Mnist, Xor
 from train.tasks.idx import read_idx, write_idx
@@ -161,13 +162,13 @@ def test_digits_max_train_examples_keeps_only_the_training_split_small():
 
 @pytest.mark.parametrize("max_train_examples", [-5, 0])
 def test_digits_rejects_a_non_positive_max_train_examples(max_train_examples):
-    with pytest.raises(ValueError, match="max_train_examples"):
+    with pytest.raises(ConfigError, match="max_train_examples"):
         Digits(max_train_examples=max_train_examples).data  # noqa: B018 - loading is lazy
 
 
 @pytest.mark.parametrize("classes", [(3, 3), (11,), (-1, 2), ()])
 def test_digits_rejects_invalid_classes(classes):
-    with pytest.raises(ValueError, match="task.classes must be distinct digits 0-9"):
+    with pytest.raises(ConfigError, match="task.classes must be distinct digits 0-9"):
         Digits(classes=classes)
 
 
@@ -232,7 +233,7 @@ def test_idx_reads_a_hand_written_file(tmp_path):
 def test_idx_rejects_a_bad_magic_number(tmp_path, magic):
     path = tmp_path / "bad.idx"
     path.write_bytes(magic + struct.pack(">I", 1) + b"\x00")
-    with pytest.raises(ValueError, match="not an IDX file"):
+    with pytest.raises(ConfigError, match="not an IDX file"):
         read_idx(path)
 
 
@@ -262,7 +263,7 @@ def test_idx_rejects_a_truncated_file(tmp_path, truncate):
     truncate(path)
     if truncate is _truncate_gzip:
         path = path.with_suffix(".gz")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         read_idx(path)
 
 
@@ -307,7 +308,7 @@ def test_mnist_splits_from_idx_files(mnist_dir):
 
 def test_mnist_missing_files_name_what_to_provide(tmp_path):
     task = Mnist(data_dir=str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(ConfigError) as error:
         task.data  # noqa: B018 - loading is lazy
     message = str(error.value)
     for name in [
@@ -323,7 +324,7 @@ def test_mnist_missing_files_name_what_to_provide(tmp_path):
 @pytest.mark.parametrize("validation_size", [MNIST_TRAIN, MNIST_TRAIN + 1, 0])
 def test_mnist_rejects_a_validation_split_that_does_not_fit(mnist_dir, validation_size):
     task = Mnist(data_dir=str(mnist_dir[0]), validation_size=validation_size)
-    with pytest.raises(ValueError, match="validation_size"):
+    with pytest.raises(ConfigError, match="validation_size"):
         task.data  # noqa: B018 - loading is lazy
 
 

@@ -25,6 +25,7 @@ from arch import (
     TransformerLM,
 )
 from arch.decoding import generate
+from arch.errors import ConfigError
 from arch.transformer import TransformerBlock
 
 VOCAB, D, H, F = 11, 16, 2, 32  # e = 8
@@ -374,7 +375,7 @@ def test_untied_embeddings_add_one_output_layer():
 def test_tied_embeddings_need_as_many_outputs_as_tokens(cls):
     model = cls(**{**TOKEN_MODEL, "num_outputs": 5})
     inputs = TOKENS if cls is TransformerLM else {"source": SOURCE, "target": TOKENS}
-    with pytest.raises(ValueError, match="tied embeddings need num_outputs == vocab_size"):
+    with pytest.raises(ConfigError, match="tied embeddings need num_outputs == vocab_size"):
         jax.eval_shape(model.init, jax.random.key(0), inputs)
 
 

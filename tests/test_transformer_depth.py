@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from arch import MODELS
+from arch.errors import ConfigError
 
 SIZES = dict(features=32, num_heads=2, vocab_size=16, num_outputs=16, max_len=16)
 TOKENS = jax.random.randint(jax.random.key(0), (2, 16), 0, 16)
@@ -74,5 +75,5 @@ def test_remat_recomputes_in_the_backward_pass():
 def test_decoding_a_scanned_stack_is_a_clear_error():
     model = MODELS["gpt"](num_layers=2, scan_layers=True, **SIZES)
     variables = model.init(jax.random.key(0), TOKENS)
-    with pytest.raises(ValueError, match="decoding with a cache needs scan_layers=False"):
+    with pytest.raises(ConfigError, match="decoding with a cache needs scan_layers=False"):
         model.apply(variables, model.init_cache(2, 16), TOKENS[:, 0], method=model.decode_step)

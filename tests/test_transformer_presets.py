@@ -22,6 +22,7 @@ from arch import (
     ViT,
 )
 from arch.attention import MultiHeadAttention
+from arch.errors import ConfigError
 from arch.vit import patchify
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
@@ -113,9 +114,9 @@ def test_patchify_cuts_row_major_patches():
 
 
 def test_patchify_rejects_images_not_divisible_by_the_patch():
-    with pytest.raises(ValueError, match="image 8x6 is not divisible into 4x4 patches"):
+    with pytest.raises(ConfigError, match="image 8x6 is not divisible into 4x4 patches"):
         patchify(jnp.zeros((1, 8, 6, 1)), 4)
-    with pytest.raises(ValueError, match=r"ViT expects images \[batch, height, width, channels\]"):
+    with pytest.raises(ConfigError, match=r"ViT expects images \[batch, height, width, channels\]"):
         patchify(jnp.zeros((1, 8)), 4)
 
 
@@ -173,7 +174,7 @@ def test_vit_learns_digits():
     ],
 )
 def test_clear_errors(model, inputs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         jax.eval_shape(model.init, jax.random.key(0), inputs)
 
 
@@ -189,7 +190,7 @@ def test_causal_attention_needs_as_many_queries_as_keys():
 
 
 def test_decoding_errors():
-    with pytest.raises(ValueError, match="a cache of 17 positions exceeds max_len 16"):
+    with pytest.raises(ConfigError, match="a cache of 17 positions exceeds max_len 16"):
         TransformerLM(**TOKEN_MODEL).init_cache(B, 17)
     with pytest.raises(ValueError, match="decodes against a memory"):
         EncoderDecoderTransformer(**TOKEN_MODEL).init_cache(B, T)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from arch.errors import ConfigError
 from train.tasks import TASKS, DataPosition, Translation
 from train.tasks.translation import BOS, EOS, FIRST_WORD, PAD, corpus_bleu, reorder
 
@@ -64,7 +65,7 @@ def test_length_splits_and_evaluation_batches():
     assert inputs["source"].shape == (10, 7) and targets.shape == (10, 8)
     assert np.all(inputs["source_mask"].sum(axis=1) == 4) and np.all(mask.sum(axis=1) == 5)
     np.testing.assert_array_equal(TASK.length_split(4, 10)[1], targets)  # fixed
-    with pytest.raises(ValueError, match="length"):
+    with pytest.raises(ConfigError, match="length"):
         TASK.length_split(8)
     batches = list(TASK.eval_batches("test", 16))  # 40 examples: 16, 16, 8 + 8 padding
     assert len(batches) == 3 and batches[-1]["inputs"]["source"].shape == (16, 7)
@@ -108,7 +109,7 @@ def test_decoded_metrics_by_hand():
 
 def test_registered_and_errors():
     assert TASKS["translation"] is Translation
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(ConfigError, match="max_length"):
         Translation(min_length=5, max_length=4)
-    with pytest.raises(ValueError, match="unknown order"):
+    with pytest.raises(ConfigError, match="unknown order"):
         Translation(order="shuffle")

@@ -5,6 +5,7 @@ than the model's positions, a vocabulary too small for the task, a batch that do
 import pytest
 
 from arch import MODELS
+from arch.errors import ConfigError
 from train.__main__ import main
 from train.loop import RunConfig, fit
 from train.tasks import TASKS
@@ -40,7 +41,7 @@ def test_an_unknown_option_suggests_the_closest(capsys, tmp_path):
 
 
 def test_every_invalid_size_and_rate_is_named_at_once():
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ConfigError) as error:
         check_model_config(MODELS["gpt"](num_heads=0, features=-8, dropout_rate=1.5))
     message = str(error.value)
     assert message.startswith("TransformerLM: ")
@@ -51,14 +52,14 @@ def test_every_invalid_size_and_rate_is_named_at_once():
 
 
 def test_a_zero_width_layer_stops_fit_before_compiling():
-    with pytest.raises(ValueError, match=r"model\.hidden_sizes must be positive, got \(16, 0\)"):
+    with pytest.raises(ConfigError, match=r"model\.hidden_sizes must be positive, got \(16, 0\)"):
         fit(MODELS["mlp"](hidden_sizes=(16, 0)), TASKS["xor"](), run=RunConfig(**QUIET))
 
 
 def test_a_sequence_longer_than_the_learned_positions_is_refused():
     model = MODELS["gpt"](positional="learned", max_len=16, num_layers=1, features=16)
     with pytest.raises(
-        ValueError,
+        ConfigError,
         match=r"sequences have 32 positions but TransformerLM learns "
         r"only max_len = 16; set --model.max-len 32",
     ):
@@ -68,7 +69,7 @@ def test_a_sequence_longer_than_the_learned_positions_is_refused():
 def test_a_vocabulary_too_small_for_the_task_is_refused_and_a_larger_one_kept():
     task = TASKS["markov"](vocab_size=16)
     with pytest.raises(
-        ValueError,
+        ConfigError,
         match=r"model\.vocab_size 8 is too small: task MarkovLanguage "
         r"has token ids 0\.\.15; drop --model\.vocab-size or set it to at least 16",
     ):
@@ -79,7 +80,7 @@ def test_a_vocabulary_too_small_for_the_task_is_refused_and_a_larger_one_kept():
 def test_a_batch_that_does_not_split_over_the_devices_is_refused():
     check_batch_divides(32, 8)
     with pytest.raises(
-        ValueError,
+        ConfigError,
         match=r"task\.batch_size 30 does not split over 4 devices; set "
         r"--task\.batch-size to a multiple of 4 \(e\.g\. 28 or 32\)",
     ):
@@ -88,13 +89,13 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused():
 
 def test_inputs_of_the_wrong_kind_or_shape_get_a_clear_message():
     with pytest.raises(
-        ValueError,
+        ConfigError,
         match=r"LeNet expects images .* got shape \(32, 128\); use an "
         "image task",
     ):
         fit(MODELS["lenet"](), TASKS["markov"](), run=RunConfig(**QUIET))  # token ids
     with pytest.raises(
-        ValueError,
+        ConfigError,
         match=r"MLP outputs shape \(32, 16\) on MarkovLanguage inputs "
         r"\(32, 128\), but the task's loss needs \(32, 128, 16\)",
     ):

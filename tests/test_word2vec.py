@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from arch import MODELS
+from arch.errors import ConfigError
 from arch.word2vec import (
     SkipGram,
     analogy,
@@ -61,7 +62,7 @@ def test_defaults_parameters_and_initialisation():
 
 
 def test_inputs_of_the_wrong_width_are_refused():
-    with pytest.raises(ValueError, match=r"\[batch, 7\] = \(center, context, 5 negatives\)"):
+    with pytest.raises(ConfigError, match=r"\[batch, 7\] = \(center, context, 5 negatives\)"):
         SkipGram().init(jax.random.key(0), jnp.zeros((2, 4), jnp.int32))
 
 
@@ -209,9 +210,9 @@ def test_loss_is_the_negative_sampling_objective():
 
 
 def test_bad_configuration_is_refused():
-    with pytest.raises(ValueError, match="task.noise must be in"):
+    with pytest.raises(ConfigError, match="task.noise must be in"):
         PlantedCorpus(noise=1.0)
-    with pytest.raises(ValueError, match="task.window must be >= 1"):
+    with pytest.raises(ConfigError, match="task.window must be >= 1"):
         PlantedCorpus(window=0)
 
 

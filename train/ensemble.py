@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from arch.errors import ConfigError
 from train.loop import evaluate
 from train.optim import OptimConfig, make_optimizer
 from train.state import TrainState
@@ -81,9 +82,9 @@ def fit_ensemble(
     """Train len(seeds) members of `model` on `task` for `steps` steps in one vmapped step."""
     lr_factors = [1.0] * len(seeds) if lr_factors is None else list(lr_factors)
     if len(lr_factors) != len(seeds) or not seeds:
-        raise ValueError(f"need one lr factor per seed, got {len(lr_factors)} for {len(seeds)}")
+        raise ConfigError(f"need one lr factor per seed, got {len(lr_factors)} for {len(seeds)}")
     if any(not f > 0 for f in lr_factors):
-        raise ValueError(f"lr factors must be > 0, got {lr_factors}")
+        raise ConfigError(f"lr factors must be > 0, got {lr_factors}")
     model = adapt_model(model, task)
     tx = optax.chain(make_optimizer(optim, steps), member_scale())
     position = DataPosition()

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from arch.errors import ConfigError
 from train.optim import param_path
 
 AXES = ("data", "fsdp", "tensor")
@@ -59,23 +60,25 @@ class ShardingConfig:
     def shape(self, devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-            raise ValueError(
+            raise ConfigError(
                 f"sharding sizes must be positive, one of them may be -1; got data {self.data}, "
                 f"fsdp {self.fsdp}, tensor {self.tensor}"
             )
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
             if devices % known:
-                raise ValueError(
-                    f"{devices} devices do not split into fsdp x tensor = {known}; set "
-                    "--sharding.fsdp / --sharding.tensor to divide the device count"
+                fixed = [axis for axis, s in zip(AXES, sizes, strict=True) if s != -1]
+                raise ConfigError(
+                    f"{devices} devices do not split into {' x '.join(fixed)} = {known}; set "
+                    f"{' / '.join('--sharding.' + a for a in fixed)} to divide the device count"
                 )
             sizes[sizes.index(-1)] = devices // known
         if math.prod(sizes) != devices:
-            raise ValueError(
+            raise ConfigError(
                 f"the mesh data {sizes[0]} x fsdp {sizes[1]} x tensor {sizes[2]} = "
-                f"{math.prod(sizes)} devices, but {devices} are present; make the product equal "
-                "the device count (or set one axis to -1)"
+                f"{math.prod(sizes)} devices, but {devices} {'is' if devices == 1 else 'are'} "
+                "present; make the product of --sharding.data, --sharding.fsdp and "
+                "--sharding.tensor equal the device count (or set one of them to -1)"
             )
         return tuple(sizes)
 
@@ -196,7 +199,11 @@ class Placement:
 
     @classmethod
     def for_run(cls, config: ShardingConfig) -> "Placement":
-        return cls(make_mesh(config) if jax.device_count() > 1 else None, config)
+        """Refuses a mesh that does not fit the devices on one device too: --sharding.data 3
+        on a laptop would otherwise be ignored there and fail only on the 8-device machine."""
+        devices = jax.device_count()
+        config.shape(devices)
+        return cls(make_mesh(config) if devices > 1 else None, config)
 
     @property
     def batch_ways(self) -> int:

@@ -9,7 +9,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
+from arch.attention import heads_problem
+from arch.errors import ConfigError
 from train.optim import OptimConfig, frozen_labels, param_path
 
 
@@ -30,12 +33,12 @@ def adapt_model(model: nn.Module, task: Any) -> nn.Module:
         if field == "vocab_size" and value is not None and value != defaults[field]:
             if value > needed:
                 continue
-            raise ValueError(
+            raise ConfigError(
                 f"model.vocab_size {value} is too small: task {type(task).__name__} has token "
                 f"ids 0..{needed - 1}; drop {flag} or set it to at least {needed}"
             )
         if value != defaults[field]:
-            raise ValueError(
+            raise ConfigError(
                 f"model.{field} is {getattr(model, field)} but task {type(task).__name__} "
                 f"needs {needed}; drop {flag} or set it to {needed}"
             )
@@ -61,7 +64,7 @@ def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
             hint = f"set --model.num-outputs {expected[-1]}"
         elif len(expected) in (2, 3) and len(shape) in (2, 3):  # per sequence vs per step
             hint += " (e.g. one output per sequence: rnn; one per step: rnn_tagger)"
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} outputs shape {tuple(shape)} on "
             f"{type(task).__name__} inputs {shapes(inputs)}, but the task's loss "
             f"needs {expected}; {hint}"
@@ -78,12 +81,12 @@ def check_freeze_patterns(params: Any, optim: OptimConfig) -> None:
     paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for option, pattern in patterns:
         if not any(re.search(pattern, p) for p in paths):
-            raise ValueError(
+            raise ConfigError(
                 f"{option} pattern {pattern!r} matches no parameter; the parameters are {paths}"
             )
     labels = jax.tree.leaves(frozen_labels(params, optim.freeze))
     if optim.freeze and all(label == "frozen" for label in labels):
-        raise ValueError(
+        raise ConfigError(
             f"optim.freeze {optim.freeze} freezes every parameter; nothing would train"
         )
 
@@ -93,9 +96,23 @@ POSITIVE_FIELD = re.compile(
 )
 """Model fields that count something: every integer in them must be >= 1."""
 
+FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
+"""The names a `*dtype` model field accepts (compute and storage are floating point)."""
+
+
+def dtype_name(value: Any) -> str | None:
+    """'bfloat16' for "bfloat16" or jnp.bfloat16; None for what names no dtype ("float33")."""
+    if value is None:  # NumPy would read None as float64
+        return None
+    try:
+        return jnp.dtype(value).name
+    except TypeError:
+        return None
+
 
 def check_model_config(model: nn.Module) -> None:
-    """Sizes, counts and rates of a model's fields, all problems in one message."""
+    """Sizes, counts, rates, dtypes and head counts of a model's fields, all problems in one
+    message."""
     problems = []
     for field in dataclasses.fields(model):
         value = getattr(model, field.name, None)
@@ -106,8 +123,21 @@ def check_model_config(model: nn.Module) -> None:
             problems.append(f"model.{field.name} must be positive, got {value} (set {flag})")
         if "dropout" in field.name and isinstance(value, float) and not 0 <= value < 1:
             problems.append(f"model.{field.name} must be in [0, 1), got {value} (set {flag})")
+        optional = value is None and field.default is None
+        if field.name.endswith("dtype") and not optional and dtype_name(value) not in FLOAT_DTYPES:
+            problems.append(
+                f"model.{field.name} must name a floating dtype, got {value!r} (set {flag} to "
+                f"one of {', '.join(FLOAT_DTYPES)})"
+            )
+    heads, features = getattr(model, "num_heads", None), getattr(model, "features", None)
+    if (
+        not hasattr(model, "head_dim")  # a head width of its own would not need to divide
+        and all(isinstance(n, int) and n >= 1 for n in (heads, features))
+        and features % heads
+    ):
+        problems.append(heads_problem(features, heads, "--model.features", "--model.num-heads"))
     if problems:
-        raise ValueError(f"{type(model).__name__}: " + "; ".join(problems))
+        raise ConfigError(f"{type(model).__name__}: " + "; ".join(problems))
 
 
 def sequence_length(inputs: Any) -> int | None:
@@ -125,20 +155,24 @@ def check_sequence_length(model: nn.Module, batch: dict) -> None:
     if getattr(model, "positional", None) != "learned" or max_len is None or length is None:
         return
     if length > max_len:
-        raise ValueError(
+        raise ConfigError(
             f"the task's sequences have {length} positions but {type(model).__name__} learns "
             f"only max_len = {max_len}; set --model.max-len {length} (or shorten the task's "
             "sequences)"
         )
 
 
-def check_batch_divides(batch_size: int, devices: int) -> None:
-    """A batch split over `devices` must divide evenly."""
+def check_batch_divides(
+    batch_size: int, devices: int, *, option: str = "--task.batch-size"
+) -> None:
+    """A batch split over `devices` must divide evenly; `option` is the flag that sets it
+    (e.g. "--eval-batch-size"), named in the message."""
     if batch_size % devices:
         lower, upper = batch_size // devices * devices, -(-batch_size // devices) * devices
-        raise ValueError(
-            f"task.batch_size {batch_size} does not split over {devices} devices; set "
-            f"--task.batch-size to a multiple of {devices} (e.g. {max(lower, devices)} or {upper})"
+        name = option.lstrip("-").replace("-", "_")  # "--task.batch-size" -> "task.batch_size"
+        raise ConfigError(
+            f"{name} {batch_size} does not split over {devices} devices; set "
+            f"{option} to a multiple of {devices} (e.g. {max(lower, devices)} or {upper})"
         )
 
 

@@ -8,12 +8,15 @@ would have seen. Batches are dicts of NumPy arrays: {"inputs", "targets", "mask"
 
 import dataclasses
 import functools
+import os
+import stat
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
 
+from arch.errors import ConfigError
 from train import losses
 
 Batch = dict[str, np.ndarray]
@@ -27,7 +30,32 @@ def require_at_least(task: Any, **minimums: int) -> None:
     """A clear error for the first field of `task` below its minimum (e.g. batch_size=1)."""
     for name, least in minimums.items():
         if getattr(task, name) < least:
-            raise ValueError(f"task.{name} must be >= {least}, got {getattr(task, name)}")
+            raise ConfigError(f"task.{name} must be >= {least}, got {getattr(task, name)}")
+
+
+def read_input_file(path: str, option: str) -> bytes:
+    """The bytes of a task's input file. A path that is missing, a directory, not a regular
+    file (/dev/null, a pipe), unreadable or empty is a ConfigError naming `option` (the flag
+    that set it, e.g. "--task.path") and the path, raised before anything is compiled."""
+    fix = f"pass a non-empty regular file as {option}"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{option} {path!r} does not exist; {fix}") from None
+    except OSError as error:
+        raise ConfigError(f"{option} {path!r} cannot be read: {error.strerror}; {fix}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{option} {path!r} is a directory, not a file; {fix}")
+    if not stat.S_ISREG(mode):  # a device or a pipe: reading it gives nothing or never ends
+        raise ConfigError(f"{option} {path!r} is not a regular file; {fix}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise ConfigError(f"{option} {path!r} cannot be read: {error.strerror}; {fix}") from None
+    if not data:
+        raise ConfigError(f"{option} {path!r} is empty; {fix}")
+    return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +123,7 @@ class ArrayTask:
     def steps_per_epoch(self) -> int:
         n = self.num_examples("train")
         if self.batch_size > n:
-            raise ValueError(
+            raise ConfigError(
                 f"task.batch_size {self.batch_size} is larger than the {n} training "
                 f"examples of {type(self).__name__}; lower --task.batch-size"
             )

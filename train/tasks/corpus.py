@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import optax
 
+from arch.errors import ConfigError
 from train import losses
 from train.tasks.base import Batch, Split, StreamTask, require_at_least
 from train.tasks.language import inverse_cdf
@@ -118,7 +119,7 @@ class PlantedCorpus(SkipGramLoss, StreamTask):
         super().__post_init__()
         require_at_least(self, num_negatives=1, window=1, markers=1, fillers=0, num_eval=1)
         if not 0 <= self.noise < 1:
-            raise ValueError(f"task.noise must be in [0, 1), got {self.noise}")
+            raise ConfigError(f"task.noise must be in [0, 1), got {self.noise}")
 
     @functools.cached_property
     def vocabulary(self) -> tuple[str, ...]:

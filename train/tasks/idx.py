@@ -10,6 +10,8 @@ import struct
 
 import numpy as np
 
+from arch.errors import ConfigError
+
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
 
@@ -23,19 +25,23 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with _open(path, "rb") as f:
             data = f.read()
-    except (EOFError, gzip.BadGzipFile) as e:
-        raise ValueError(f"{path} is a damaged or truncated gzip file: {e}") from e
+    except (EOFError, gzip.BadGzipFile) as e:  # BadGzipFile is an OSError: caught first
+        raise ConfigError(f"{path} is a damaged or truncated gzip file: {e}") from e
+    except OSError as e:  # missing, a directory, no permission
+        raise ConfigError(f"{path} cannot be read: {e.strerror or e}") from e
+    if not data:
+        raise ConfigError(f"{path} is empty, not an IDX file")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
+        raise ConfigError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
-        raise ValueError(f"{path} is truncated inside its header ({len(data)} bytes)")
+        raise ConfigError(f"{path} is truncated inside its header ({len(data)} bytes)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(IDX_TYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: header says shape {shape} ({expected} bytes), file holds {len(body)}"
         )
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

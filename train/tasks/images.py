@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from arch.errors import ConfigError
 from train.tasks.base import ArrayTask, ClassificationLoss, Split
 from train.tasks.idx import read_idx
 
@@ -77,12 +78,12 @@ class Digits(ClassificationLoss, ArrayTask):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.layout not in LAYOUTS:
-            raise ValueError(f"task.layout must be one of {LAYOUTS}, got {self.layout!r}")
+            raise ConfigError(f"task.layout must be one of {LAYOUTS}, got {self.layout!r}")
         bad = [c for c in self.classes if not 0 <= c <= 9]
         if bad or len(set(self.classes)) != len(self.classes) or not self.classes:
-            raise ValueError(f"task.classes must be distinct digits 0-9, got {self.classes}")
+            raise ConfigError(f"task.classes must be distinct digits 0-9, got {self.classes}")
         if self.max_train_examples is not None and self.max_train_examples < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"task.max_train_examples must be >= 1 (or None), got {self.max_train_examples}"
             )
 
@@ -132,16 +133,44 @@ MNIST_FILES = {
 }
 
 
-def find_idx_file(data_dir: str, stem: str) -> str:
-    for name in (stem, stem + ".gz"):
-        path = os.path.join(os.path.expanduser(data_dir), name)
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(
-        f"MNIST file {stem}[.gz] not found in {data_dir!r}. Put the four MNIST IDX files there "
-        f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        f"t10k-labels-idx1-ubyte, optionally .gz) or pass --task.data-dir"
-    )
+MNIST_HELP = (
+    "it must hold the four MNIST IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+    "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each optionally .gz): put them there "
+    "or pass --task.data-dir DIR; Fashion-MNIST installs from Debian with apt-get install "
+    "dataset-fashion-mnist, then --task.data-dir /usr/share/datasets/fashion-mnist"
+)
+
+
+def find_idx_files(data_dir: str) -> dict[str, str]:
+    """{stem: path} of the four MNIST files in `data_dir` (each plain or .gz); a ConfigError
+    naming every file that is missing, or the directory itself, and how to provide them."""
+    directory = os.path.expanduser(data_dir)
+    if not os.path.isdir(directory):
+        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise ConfigError(f"--task.data-dir {data_dir!r} {problem}; {MNIST_HELP}")
+    found, missing = {}, []
+    for stem in (stem for pair in MNIST_FILES.values() for stem in pair):
+        paths = [os.path.join(directory, name) for name in (stem, stem + ".gz")]
+        present = [path for path in paths if os.path.exists(path)]
+        if present:
+            found[stem] = present[0]
+        else:
+            missing.append(stem + "[.gz]")
+    if missing:
+        raise ConfigError(
+            f"--task.data-dir {data_dir!r} lacks the MNIST file{'s' * (len(missing) > 1)} "
+            f"{', '.join(missing)}; {MNIST_HELP}"
+        )
+    return found
+
+
+def check_labels(labels: np.ndarray, path: str, num_classes: int) -> None:
+    """Labels outside [0, num_classes) would index past the logits: NaN at the first step."""
+    if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise ConfigError(
+            f"{path}: labels range from {labels.min()} to {labels.max()}, but the task has "
+            f"{num_classes} classes (labels 0 to {num_classes - 1}); use MNIST-format label files"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,19 +188,21 @@ class Mnist(ClassificationLoss, ArrayTask):
         return 10
 
     def load(self) -> dict[str, Split]:
+        paths = find_idx_files(self.data_dir)
         raw = {}
         for split, (image_stem, label_stem) in MNIST_FILES.items():
-            images = read_idx(find_idx_file(self.data_dir, image_stem))
-            labels = read_idx(find_idx_file(self.data_dir, label_stem))
+            images = read_idx(paths[image_stem])
+            labels = read_idx(paths[label_stem])
             if images.ndim != 3 or labels.shape != images.shape[:1]:
-                raise ValueError(
+                raise ConfigError(
                     f"MNIST {split}: images {images.shape} and labels {labels.shape} "
                     f"do not match ([n, rows, cols] and [n])"
                 )
+            check_labels(labels, paths[label_stem], self.num_outputs)
             raw[split] = ((images.astype(np.float32) / 255.0)[..., None], labels.astype(np.int32))
         x, y = raw["train"]
         if not 0 < self.validation_size < len(y):
-            raise ValueError(
+            raise ConfigError(
                 f"task.validation_size must be in (0, {len(y)}), got {self.validation_size}"
             )
         cut = len(y) - self.validation_size

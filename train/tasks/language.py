@@ -9,12 +9,12 @@ metrics "accuracy", "bits_per_char" (= loss / ln 2) and "perplexity" (= exp(loss
 import dataclasses
 import functools
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arch.errors import ConfigError
 from train.tasks.base import (
     SPLITS,
     Batch,
@@ -22,6 +22,7 @@ from train.tasks.base import (
     DataPosition,
     Split,
     StreamTask,
+    read_input_file,
     require_at_least,
 )
 from train.tasks.sequences import TokenOutputs
@@ -52,12 +53,12 @@ class MarkovChain:
     def __init__(self, transitions: np.ndarray, vocab_size: int, order: int) -> None:
         transitions = np.asarray(transitions, np.float64)
         if transitions.shape != (vocab_size**order, vocab_size):
-            raise ValueError(
+            raise ConfigError(
                 f"transitions must have shape [vocab_size ** order, vocab_size] = "
                 f"{(vocab_size**order, vocab_size)}, got {transitions.shape}"
             )
         if np.any(transitions < 0) or not np.allclose(transitions.sum(axis=1), 1.0):
-            raise ValueError("each row of transitions must be a probability distribution")
+            raise ConfigError("each row of transitions must be a probability distribution")
         self.transitions = transitions / transitions.sum(axis=1, keepdims=True)
         self.vocab_size, self.order = vocab_size, order
         self.stationary = stationary_distribution(self.transitions, vocab_size, order)
@@ -131,7 +132,7 @@ def stationary_distribution(
         if np.abs(new - pi).sum() < tolerance:
             return new / new.sum()
         pi = new
-    raise ValueError(
+    raise ConfigError(
         "the context chain did not converge to a stationary distribution; "
         "raise task.concentration (the chain mixes too slowly)"
     )
@@ -166,9 +167,9 @@ class MarkovLanguage(LanguageModelLoss, StreamTask):
         super().__post_init__()
         require_at_least(self, vocab_size=2, order=1, length=self.order)
         if self.concentration <= 0:
-            raise ValueError(f"task.concentration must be > 0, got {self.concentration}")
+            raise ConfigError(f"task.concentration must be > 0, got {self.concentration}")
         if self.vocab_size ** (self.order + 1) > 2**24:
-            raise ValueError(
+            raise ConfigError(
                 f"vocab_size ** (order + 1) = {self.vocab_size ** (self.order + 1)} transition "
                 f"probabilities is too many (limit 2 ** 24); lower task.vocab_size or task.order"
             )
@@ -229,10 +230,10 @@ class TextFile(LanguageModelLoss, StreamTask):
         super().__post_init__()
         for name in ("length", "num_eval"):
             if getattr(self, name) < 1:
-                raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"task.{name} must be >= 1, got {getattr(self, name)}")
         fractions = (self.validation_fraction, self.test_fraction)
         if min(fractions) <= 0 or sum(fractions) >= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"task.validation_fraction and task.test_fraction must be > 0 with a sum below 1,"
                 f" got {self.validation_fraction} and {self.test_fraction}"
             )
@@ -245,13 +246,8 @@ class TextFile(LanguageModelLoss, StreamTask):
     def text(self) -> np.ndarray:
         """The file's bytes [N] uint8."""
         if not self.path:
-            raise ValueError("task text needs a plain-text file: pass --task.path FILE")
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(
-                f"text file {self.path!r} not found; pass an existing file as --task.path"
-            )
-        with open(self.path, "rb") as f:
-            return np.frombuffer(f.read(), np.uint8)
+            raise ConfigError("task text needs a plain-text file: pass --task.path FILE")
+        return np.frombuffer(read_input_file(self.path, "--task.path"), np.uint8)
 
     @functools.cached_property
     def region_bounds(self) -> dict[str, tuple[int, int]]:
@@ -266,7 +262,7 @@ class TextFile(LanguageModelLoss, StreamTask):
         }
         for split, (start, stop) in bounds.items():
             if stop - start < self.length + 1:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.path}: the {split} region holds {stop - start} bytes of {size}, "
                     f"fewer than one window of task.length + 1 = {self.length + 1}; use a "
                     f"larger file, a smaller --task.length or larger fractions"

@@ -24,6 +24,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from arch.errors import ConfigError
 from train.tasks.base import SPLITS, Batch, DataPosition, Split
 from train.tasks.language import MarkovLanguage, TextFile
 
@@ -67,7 +68,7 @@ class MaskedLanguageModelling:
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.mask_rate <= 1:
-            raise ValueError(f"task.mask_rate must be in (0, 1], got {self.mask_rate}")
+            raise ConfigError(f"task.mask_rate must be in (0, 1], got {self.mask_rate}")
 
     @property
     def mask_token(self) -> int:

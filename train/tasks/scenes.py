@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from arch.errors import ConfigError
 from train.detection_metrics import Detections, batched_nms
 from train.losses import masked_mean
 from train.tasks.base import SPLITS, Batch, DataPosition, StreamTask, require_at_least
@@ -158,17 +159,17 @@ class Scenes(StreamTask):
         super().__post_init__()
         require_at_least(self, num_eval=1, image_size=8, grid_size=1, min_objects=1, min_size=3)
         if self.image_size % self.grid_size:
-            raise ValueError(
+            raise ConfigError(
                 f"task.image_size {self.image_size} must be a multiple of task.grid_size "
                 f"{self.grid_size}"
             )
         if not self.min_objects <= self.max_objects <= self.grid_size**2:
-            raise ValueError(
+            raise ConfigError(
                 f"need task.min_objects <= task.max_objects <= grid_size^2, got "
                 f"{self.min_objects}, {self.max_objects}, {self.grid_size}^2"
             )
         if not self.min_size <= self.max_size <= self.image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"need task.min_size <= task.max_size <= task.image_size, got "
                 f"{self.min_size}, {self.max_size}, {self.image_size}"
             )

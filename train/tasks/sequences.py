@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arch.errors import ConfigError
 from train import losses
 from train.tasks.base import Batch, ClassificationLoss, Split, StreamTask, require_at_least
 
@@ -79,7 +80,7 @@ class Adding(StreamTask):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.length < 2:
-            raise ValueError(f"task.length must be >= 2 (one marker per half), got {self.length}")
+            raise ConfigError(f"task.length must be >= 2 (one marker per half), got {self.length}")
 
     def sample(self, rng: np.random.Generator, n: int) -> Split:
         values = rng.uniform(0.0, 1.0, (n, self.length))  # [n, t]

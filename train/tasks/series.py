@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from arch.errors import ConfigError
 from train import losses
 from train.tasks.base import Batch, Split, StreamTask
 
@@ -26,7 +27,7 @@ class ForecastTask(StreamTask):
         super().__post_init__()
         for name in ("window", "horizon", "num_eval"):
             if getattr(self, name) < 1:
-                raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"task.{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def num_outputs(self) -> int:
@@ -72,11 +73,11 @@ class Sines(ForecastTask):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_sines < 1:
-            raise ValueError(f"task.num_sines must be >= 1, got {self.num_sines}")
+            raise ConfigError(f"task.num_sines must be >= 1, got {self.num_sines}")
         if self.noise < 0:
-            raise ValueError(f"task.noise must be >= 0, got {self.noise}")
+            raise ConfigError(f"task.noise must be >= 0, got {self.noise}")
         if not 2.0 <= self.min_period <= self.max_period:
-            raise ValueError(
+            raise ConfigError(
                 f"task.min_period and task.max_period must satisfy 2 <= min <= max (a period "
                 f"under 2 steps aliases), got {self.min_period} and {self.max_period}"
             )
@@ -115,7 +116,7 @@ class RandomWalk(ForecastTask):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.step_std <= 0:
-            raise ValueError(f"task.step_std must be > 0, got {self.step_std}")
+            raise ConfigError(f"task.step_std must be > 0, got {self.step_std}")
 
     def series(self, rng: np.random.Generator, n: int, steps: int) -> np.ndarray:
         walk = np.cumsum(self.step_std * rng.standard_normal((n, steps)), axis=1)  # [n, steps]

@@ -24,6 +24,7 @@ import numpy as np
 import sacrebleu
 
 from arch.decoding import translate
+from arch.errors import ConfigError
 from train.tasks.base import Split, StreamTask, require_at_least
 from train.tasks.sequences import TokenClassificationLoss, TokenOutputs
 
@@ -46,7 +47,7 @@ def reorder(words: np.ndarray, lengths: np.ndarray, order: Order) -> np.ndarray:
         partner = positions ^ 1  # 0 <-> 1, 2 <-> 3, ...
         index = np.where(partner < lengths[:, None], partner, positions)
     else:
-        raise ValueError(f"unknown order {order!r}; choose reverse, copy or swap_pairs")
+        raise ConfigError(f"unknown order {order!r}; choose reverse, copy or swap_pairs")
     return np.where(positions < lengths[:, None], index, 0)
 
 
@@ -79,7 +80,7 @@ class Translation(TokenOutputs, TokenClassificationLoss, StreamTask):
         super().__post_init__()
         require_at_least(self, num_words=2, min_length=1, num_eval=1)
         if self.max_length < self.min_length:
-            raise ValueError(
+            raise ConfigError(
                 f"task.max_length {self.max_length} is below task.min_length {self.min_length}"
             )
         reorder(np.zeros((1, 1), np.int64), np.ones(1, np.int64), self.order)  # a valid order
@@ -126,7 +127,7 @@ class Translation(TokenOutputs, TokenClassificationLoss, StreamTask):
     def length_split(self, length: int, n: int | None = None) -> Split:
         """A fixed set of n (num_eval) pairs whose sources all have `length` words."""
         if not 1 <= length <= self.max_length:
-            raise ValueError(f"length must be in [1, max_length {self.max_length}], got {length}")
+            raise ConfigError(f"length must be in [1, max_length {self.max_length}], got {length}")
         rng = np.random.default_rng([self.seed, 2, length])
         return self.sentences(rng, np.full(n or self.num_eval, length))
 
