@@ -6,20 +6,46 @@ Every field of the model, the task, the optimizer and the run is an option
 task lists their options with defaults.
 """
 
-import dataclasses
+import functools
+import os
+import signal
 import sys
-from typing import Annotated, Union
 
-import tyro
 
-from arch import MODELS, describe
-from train.checkpoint import CheckpointConfig
-from train.loop import NonFiniteError, Preempted, RunConfig, fit
-from train.optim import OptimConfig
-from train.report import format_table
-from train.sharding import ShardingConfig, initialize_distributed
-from train.tasks import TASKS, describe_task
-from train.validate import unknown_name
+def stop_at_once(number: int, frame: object, when: str = "during start-up") -> None:
+    """SIGINT / SIGTERM while fit() does not hold the signals (importing and parsing before it,
+    printing after it): nothing is being written, so stop now, with one line. fit() records
+    them instead, and stops between its phases or after a step, with a checkpoint."""
+    print(f"{signal.Signals(number).name} received {when}: stopped", file=sys.stderr)
+    os._exit(128 + number)
+
+
+def handle_signals(when: str) -> None:
+    """Stop at once on SIGINT / SIGTERM, except a signal the parent chose to ignore (a shell's
+    background job ignores SIGINT): that one stays ignored, as Python itself would leave it."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, functools.partial(stop_at_once, when=when))
+
+
+if __name__ == "__main__":  # before the imports below, which take seconds
+    handle_signals("during start-up, before anything was written")
+
+import dataclasses  # noqa: E402
+from typing import Annotated, Union  # noqa: E402
+
+import tyro  # noqa: E402
+
+from arch import MODELS, describe  # noqa: E402
+from arch.errors import ConfigError  # noqa: E402
+from train.checkpoint import CheckpointConfig  # noqa: E402
+from train.loop import NonFiniteError, Preempted, RunConfig, fit  # noqa: E402
+from train.optim import OptimConfig  # noqa: E402
+from train.report import format_table  # noqa: E402
+from train.rundir import StorageError  # noqa: E402
+from train.sharding import ShardingConfig, initialize_distributed  # noqa: E402
+from train.tasks import TASKS, describe_task  # noqa: E402
+from train.validate import unknown_name  # noqa: E402
 
 
 def choices(registry: dict[str, type], describe_fn) -> type:
@@ -67,27 +93,30 @@ def main(argv: list[str] | None = None) -> dict:
         if not name.startswith("-") and name not in registry:
             print(f"error: {unknown_name(kind, name, registry)}", file=sys.stderr)
             raise SystemExit(2)
-    command = tyro.cli(
-        Command,
-        args=argv,
-        config=(tyro.conf.CascadeSubcommandArgs,),
-        description=__doc__.splitlines()[0],
-    )
-    run = dataclasses.replace(command.run, checkpoint=command.checkpoint, sharding=command.sharding)
-    if run.distributed:
-        initialize_distributed()
-    if run.run_dir is None:
-        run = dataclasses.replace(
-            run, run_dir=f"runs/{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
-        )
     try:
+        command = tyro.cli(
+            Command,
+            args=argv,
+            config=(tyro.conf.CascadeSubcommandArgs,),
+            description=__doc__.splitlines()[0],
+        )
+        run = dataclasses.replace(
+            command.run, checkpoint=command.checkpoint, sharding=command.sharding
+        )
+        if run.distributed:
+            initialize_distributed()
+        if run.run_dir is None:
+            name = f"{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
+            run = dataclasses.replace(run, run_dir=f"runs/{name}")
         result = fit(command.model, command.task, command.optim, run)
     except Preempted as stop:  # checkpoint saved: exit as a process killed by the signal would
         print(stop, file=sys.stderr)
         raise SystemExit(128 + stop.signal_number) from None
-    except (ValueError, NonFiniteError) as error:  # one clear message, no traceback
+    except (ConfigError, NonFiniteError, StorageError) as error:  # one line, no traceback
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(error, ValueError) else 1) from None
+        raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
+    if isinstance(signal.getsignal(signal.SIGTERM), functools.partial):  # the command line's
+        handle_signals("after the run finished (its files are complete)")
     summary = result.summary
     print(
         format_table([{"split": split, **metrics} for split, metrics in summary["final"].items()])

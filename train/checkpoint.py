@@ -8,16 +8,23 @@ A checkpoint (a directory `RUN_DIR/checkpoints/STEP/`) holds two items:
   so far, the key's implementation name and the validation metrics of the step, if any.
 
 Orbax writes a save into a temporary directory and renames it when complete, so an interrupted
-save is never taken for a checkpoint; leftovers of one are reported and removed when the run
-restarts. A finished checkpoint that cannot be read (damaged files) is reported, set aside as
-`damaged-STEP`, and the previous one is used.
+save is never taken for a checkpoint; leftovers of one are reported and removed once the run has
+decided to resume or start. Before deciding, `inspect_checkpoints` reads the directory without
+writing anything (the saved configuration, the arrays' shapes), so a refusal touches nothing. A
+finished checkpoint that cannot be read (damaged files) is reported, set aside as
+`RUN_DIR/damaged-checkpoint-STEP` (`-STEP.2`, ... if that name is taken), and the previous one is
+used; when none can be read the run refuses and moves nothing. A save that fails (a full disk)
+is one StorageError naming the step, the path and the checkpoint that was kept.
 """
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import jax
@@ -26,6 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 
+from arch.errors import ConfigError
+from train.rundir import StorageError, os_reason
 from train.state import TrainState
 from train.tasks.base import DataPosition
 
@@ -76,7 +85,7 @@ class CheckpointConfig:
         if self.resume not in ("auto", "force"):
             problems.append(f"checkpoint.resume must be 'auto' or 'force', got {self.resume!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -122,21 +131,145 @@ class Restored:
     pending: list[dict[str, float]]
     """Per-step train metrics since the last logged record (averaged into the next one)."""
     step: int
+    skipped_in_a_row: int = 0
+    """How many updates in a row were skipped as non-finite up to this step."""
+
+
+def error_reason(error: BaseException) -> str:
+    """'ValueError: DATA_LOSS: Error reading ...': the type and the first line of the message."""
+    return f"{type(error).__name__}: {os_reason(error)}"[:300]
+
+
+@contextlib.contextmanager
+def quiet_orbax(level: int = logging.ERROR) -> Iterator[None]:
+    """Orbax logs through absl, and its abandoned writes through asyncio's logger ("Task
+    exception was never retrieved"): hide their messages below `level` (a read-only manager
+    warns that it is read-only; failures are reported by us, once, in our own words)."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, level_before in zip(loggers, previous, strict=True):
+            logger.setLevel(level_before)
+
+
+def drop_closed_event_loop_errors() -> None:
+    """After a failed write, tensorstore still completes the save's other writes and calls back
+    into orbax's event loop, which the failure closed: each callback's "RuntimeError: Event loop
+    is closed" would print a traceback as an unraisable exception, from a writer thread, at any
+    time. The failure is reported once, as StorageError: drop exactly those unraisables (any
+    other goes to the previous hook). Installed once per process, for its whole life, since the
+    callbacks can outlive the checkpoint manager."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_event_loops", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_event_loops = True
+    sys.unraisablehook = hook
+
+
+def handlers() -> dict[str, Any]:
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """What a run directory's checkpoints say, read without writing anything."""
+
+    directory: str
+    steps: list[int]
+    """The complete checkpoints, oldest first."""
+    step: int | None
+    """The latest whose configuration and array shapes could be read (None: none could)."""
+    config: dict | None
+    shapes: dict[str, tuple[int, ...]]
+    """'params/hidden_0/kernel' -> shape, of every array of that checkpoint's state."""
+    unreadable: dict[int, str]
+    """Newer checkpoints whose metadata could not be read: step -> reason."""
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'params/hidden_0/kernel' -> shape for every array (or array metadata) in `tree`."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    part = lambda k: getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+    name = lambda path: "/".join(str(part(k)) for k in path)
+    return {name(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def inspect_checkpoints(run_dir: str) -> SavedRun | None:
+    """The run directory's checkpoints, read only (None if it has no checkpoints directory)."""
+    directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    if not os.path.isdir(directory):
+        return None
+    unreadable: dict[int, str] = {}
+    with quiet_orbax(logging.CRITICAL):
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers())
+        try:
+            steps = sorted(manager.all_steps())
+            for step in reversed(steps):
+                try:
+                    meta = manager.restore(
+                        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                    )["meta"]
+                    shapes = tree_shapes(manager.item_metadata(step)["state"])
+                except Exception as error:  # noqa: BLE001 (any unreadable checkpoint)
+                    unreadable[step] = error_reason(error)
+                    continue
+                return SavedRun(directory, steps, step, meta["config"], shapes, unreadable)
+        finally:
+            manager.close()
+    return SavedRun(directory, steps, None, None, {}, unreadable)
+
+
+def shape_differences(saved: dict[str, tuple], fresh: dict[str, tuple]) -> list[str]:
+    """'params/hidden_0/kernel: (64, 128) saved, (64, 64) now' for each array that differs,
+    and the arrays that only one side has: parameters first, then model state, then the rest
+    (the optimizer state follows its parameters)."""
+    names = sorted(
+        set(saved) | set(fresh),
+        key=lambda n: (not n.startswith("params/"), not n.startswith("model_state/"), n),
+    )
+    differences = []
+    for name in names:
+        if name not in fresh:
+            differences.append(f"{name}: only in the checkpoint")
+        elif name not in saved:
+            differences.append(f"{name}: not in the checkpoint")
+        elif tuple(saved[name]) != tuple(fresh[name]):
+            differences.append(f"{name}: {tuple(saved[name])} saved, {tuple(fresh[name])} now")
+    return differences
 
 
 class Checkpoints:
-    """The checkpoints of one run directory."""
+    """The checkpoints of one run directory, for a run that has decided to start or resume."""
 
     def __init__(
         self, run_dir: str, config: CheckpointConfig, message: Callable[[str], None] = print
     ):
         self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
         self.config, self.message = config, message
-        os.makedirs(self.directory, exist_ok=True)
-        for name in sorted(os.listdir(self.directory)):
-            if TEMPORARY in name:
-                message(f"removing an incomplete checkpoint (a save was interrupted): {name}")
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        self.failed: str | None = None
+        # orbax's writer threads log their failures (with tracebacks) while training goes on;
+        # a failure is reported once, by save() or close(), as StorageError
+        self.quiet = quiet_orbax(logging.CRITICAL)
+        self.quiet.__enter__()
+        drop_closed_event_loop_errors()
+        self.saving: int | None = None
+        """The step of the save that may still be running in the background."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create {self.directory}: {os_reason(error)}") from None
         policies: list[Any] = [keep.LatestN(config.keep_last)]
         if config.keep_best:
             sign = 1.0 if config.best_mode == "max" else -1.0  # BestN keeps the largest
@@ -152,10 +285,36 @@ class Checkpoints:
             enable_async_checkpointing=config.asynchronous,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers()
+        )
+
+    def remove_leftovers(self) -> None:
+        """Remove what interrupted saves left behind (never taken for checkpoints)."""
+        for name in sorted(os.listdir(self.directory)):
+            if TEMPORARY in name:
+                self.message(f"removing an incomplete checkpoint (a save was interrupted): {name}")
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def latest_kept(self) -> str:
+        """'the checkpoint at step 40 in DIR' (the newest complete one), or that none is."""
+        steps = [s for s in self.steps() if os.path.isdir(os.path.join(self.directory, str(s)))]
+        if not steps:
+            return f"no complete checkpoint exists in {self.directory} yet"
+        return f"the checkpoint at step {steps[-1]} in {self.directory} is complete and kept"
+
+    def fail(self, step: int | None, error: BaseException) -> StorageError:
+        """The one message for a save that could not be written."""
+        at = f"of step {step} " if step is not None else ""
+        self.failed = (
+            f"could not write the checkpoint {at}to {self.directory} ({os_reason(error)}); "
+            f"{self.latest_kept()}; free space (or fix the path) and run the same command again "
+            "to resume from it"
+        )
+        return StorageError(self.failed)
 
     def save(
         self,
@@ -165,9 +324,11 @@ class Checkpoints:
         pending: list[dict[str, Any]],
         run_config: dict,
         validation: dict[str, float] | None = None,
+        skipped_in_a_row: int = 0,
     ) -> None:
         """Save (in the background if asynchronous) the state after its step; `validation`
-        metrics, if given, rank it for keep_best."""
+        metrics, if given, rank it for keep_best. A failed save, this one or an earlier one
+        still running in the background, raises StorageError."""
         step = int(state.step)
         meta = {  # a snapshot: an asynchronous save serialises it later
             "step": step,
@@ -175,6 +336,7 @@ class Checkpoints:
             "history": json.loads(json.dumps(history)),
             "pending": [{k: float(v) for k, v in m.items()} for m in pending],  # float32 exactly
             "config": json.loads(json.dumps(run_config, default=str)),
+            "skipped_in_a_row": skipped_in_a_row,
             "rng_impl": str(jax.random.key_impl(state.rng))
             if jnp.issubdtype(state.rng.dtype, jax.dtypes.prng_key)
             else None,
@@ -182,43 +344,46 @@ class Checkpoints:
         metrics = None
         if validation is not None and self.config.best_metric in validation:
             metrics = {self.config.best_metric: float(validation[self.config.best_metric])}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state_arrays(state)), meta=ocp.args.JsonSave(meta)
-            ),
-            metrics=metrics,
-            force=True,
-        )
-
-    def saved_config(self) -> dict | None:
-        """The configuration stored with the latest readable checkpoint."""
-        for step in reversed(self.steps()):
+        with quiet_orbax(logging.CRITICAL):
             try:
-                meta = self.manager.restore(
-                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                self.manager.wait_until_finished()  # a failure of the previous save shows here
+            except Exception as error:  # noqa: BLE001 (any failed write)
+                raise self.fail(self.saving, error) from None
+            self.saving = step
+            try:
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state_arrays(state)),
+                        meta=ocp.args.JsonSave(meta),
+                    ),
+                    metrics=metrics,
+                    force=True,
                 )
-                return meta["meta"]["config"]
-            except Exception:  # noqa: BLE001, S112 (a damaged one: restore() reports it)
-                continue
-        return None
+            except Exception as error:  # noqa: BLE001 (any failed write)
+                raise self.fail(step, error) from None
 
     def restore(self, fresh: TrainState) -> Restored | None:
         """The latest readable checkpoint onto the structure, dtypes and shardings of `fresh`
         (so it lands on this run's devices, whatever the saving run's devices were); None if
-        there is none. Unreadable ones are reported and set aside."""
+        there is none. Unreadable ones newer than it are reported and set aside; if none can
+        be read, ConfigError, and nothing is moved."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_arrays(fresh))
+        failures: list[tuple[int, BaseException]] = []
         for step in reversed(self.steps()):
             try:
-                loaded = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-                    ),
-                )
+                with quiet_orbax(logging.CRITICAL):
+                    loaded = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                        ),
+                    )
             except Exception as error:  # noqa: BLE001 (any unreadable checkpoint)
-                self.set_aside(step, error)
+                failures.append((step, error))
                 continue
+            for bad_step, error in failures:
+                self.set_aside(bad_step, error)
             arrays, meta = loaded["state"], loaded["meta"]
             rng = arrays["rng_key_data"]
             if meta.get("rng_impl"):
@@ -232,23 +397,46 @@ class Checkpoints:
             )
             position = DataPosition(**meta["position"])
             pending = [{k: np.float32(v) for k, v in m.items()} for m in meta["pending"]]
-            return Restored(state, position, meta["history"], pending, step)
+            in_a_row = meta.get("skipped_in_a_row", 0)
+            return Restored(state, position, meta["history"], pending, step, in_a_row)
+        if failures:
+            reasons = "; ".join(f"step {s}: {error_reason(e)}" for s, e in failures)
+            raise ConfigError(
+                f"no checkpoint in {self.directory} can be read ({reasons}); nothing was "
+                "changed: restore them from a backup, or move the checkpoints directory away to "
+                "start this run from step 0"
+            )
         return None
 
-    def set_aside(self, step: int, error: Exception) -> None:
+    def set_aside(self, step: int, error: BaseException) -> None:
+        """Move an unreadable checkpoint out of the way, under a name no other one has."""
         source = os.path.join(self.directory, str(step))
-        target = os.path.join(os.path.dirname(self.directory), f"damaged-checkpoint-{step}")
+        base = os.path.join(os.path.dirname(self.directory), f"damaged-checkpoint-{step}")
+        target, copy = base, 1
+        while os.path.exists(target):
+            copy += 1
+            target = f"{base}.{copy}"
         self.message(
-            f"checkpoint at step {step} cannot be read ({type(error).__name__}: "
-            f"{str(error)[:200]}); moved to {target}, trying the previous one"
+            f"checkpoint at step {step} cannot be read ({error_reason(error)}); moved to "
+            f"{target}, trying the previous one"
         )
-        shutil.rmtree(target, ignore_errors=True)
         shutil.move(source, target)
         self.manager.reload()
 
     def close(self) -> None:
-        """Wait for a background save to finish, then release the manager (idempotent)."""
-        if self.manager is not None:
-            self.manager.wait_until_finished()
-            self.manager.close()
-            self.manager = None
+        """Wait for a background save to finish, then release the manager (idempotent). A
+        background save that failed raises StorageError (once)."""
+        if self.manager is None:
+            return
+        manager, self.manager = self.manager, None
+        with quiet_orbax(logging.CRITICAL):
+            try:
+                manager.wait_until_finished()
+            except Exception as error:  # noqa: BLE001 (any failed write)
+                if self.failed is None:
+                    raise self.fail(self.saving, error) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    manager.close()
+                if self.failed is None:  # after a failure its abandoned writes log as they go
+                    self.quiet.__exit__(None, None, None)

@@ -4,12 +4,15 @@ On a terminal the console shows a progress bar with the loss and throughput; els
 a file) it prints one plain line per logged step.
 """
 
+import contextlib
 import json
 import os
 import sys
 from typing import Any, Literal
 
 from tqdm import tqdm
+
+from train.rundir import StorageError, os_reason, write_atomically
 
 Progress = Literal["auto", "bar", "lines", "off"]
 
@@ -24,7 +27,12 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class MetricsLogger:
-    """Writes each logged record to metrics.jsonl and TensorBoard, and reports progress."""
+    """Writes each logged record to metrics.jsonl and TensorBoard, and reports progress.
+
+    Made once the run has decided to start or to resume: a fresh start (`history` None)
+    begins metrics.jsonl anew; a resumed one rewrites it, atomically, to the records logged up
+    to its checkpoint (records written after that checkpoint are dropped) and appends from there.
+    """
 
     def __init__(
         self,
@@ -32,11 +40,19 @@ class MetricsLogger:
         total_steps: int,
         progress: Progress = "auto",
         tensorboard: bool = True,
+        history: list[dict[str, Any]] | None = None,
+        first_step: int = 0,
     ):
         self.run_dir = run_dir
-        self.records: list[dict[str, Any]] = []
-        # closed in close(), which fit() calls in a finally block
-        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "w") if run_dir else None  # noqa: SIM115
+        self.records: list[dict[str, Any]] = list(history or [])
+        self.jsonl = None
+        if run_dir:
+            path = os.path.join(run_dir, "metrics.jsonl")
+            write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.records))
+            try:  # closed in close(), which fit() calls in a finally block
+                self.jsonl = open(path, "a")  # noqa: SIM115
+            except OSError as error:
+                raise StorageError(f"cannot open {path}: {os_reason(error)}") from None
         self.tensorboard = None
         if run_dir and tensorboard:
             from tensorboardX import SummaryWriter
@@ -48,13 +64,21 @@ class MetricsLogger:
         self.bar = (
             tqdm(total=total_steps, unit="step", dynamic_ncols=True) if progress == "bar" else None
         )
+        if self.bar is not None:
+            self.bar.n = first_step
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         record = {"step": step, "split": split, **metrics}
         self.records.append(record)
         if self.jsonl:
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
+            try:
+                self.jsonl.write(json.dumps(record) + "\n")
+                self.jsonl.flush()
+            except OSError as error:
+                raise StorageError(
+                    f"cannot write {self.jsonl.name} at step {step}: {os_reason(error)}; the "
+                    "records before it and the last complete checkpoint are kept"
+                ) from None
         if self.tensorboard:
             for key, value in metrics.items():
                 self.tensorboard.add_scalar(f"{split}/{key}", value, step)
@@ -70,18 +94,6 @@ class MetricsLogger:
         elif self.progress == "lines":
             print(f"step {step} {split}: {format_metrics(metrics)}", flush=True)
 
-    def restore(self, history: list[dict[str, Any]], step: int) -> None:
-        """Continue a resumed run: its records up to the checkpoint's `step` replace whatever
-        metrics.jsonl holds (records written after that checkpoint are dropped)."""
-        self.records = list(history)
-        if self.jsonl:
-            self.jsonl.seek(0)
-            self.jsonl.truncate()
-            self.jsonl.writelines(json.dumps(record) + "\n" for record in self.records)
-            self.jsonl.flush()
-        if self.bar is not None:
-            self.bar.n = step
-
     def message(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(text)
@@ -92,6 +104,7 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.close()
         if self.jsonl:
-            self.jsonl.close()
+            with contextlib.suppress(OSError):  # a full disk was reported when it happened
+                self.jsonl.close()
         if self.tensorboard:
             self.tensorboard.close()

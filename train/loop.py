@@ -6,7 +6,9 @@ runs it from an explicit data position, evaluates on the validation split every
 config.json, metrics.jsonl, summary.json and TensorBoard events.
 """
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -19,17 +21,29 @@ import jax
 import numpy as np
 import tyro
 
-from train.checkpoint import CheckpointConfig, Checkpoints, config_differences
+from arch.errors import ConfigError
+from train.checkpoint import (
+    CheckpointConfig,
+    Checkpoints,
+    Restored,
+    SavedRun,
+    config_differences,
+    inspect_checkpoints,
+    shape_differences,
+    state_arrays,
+    tree_shapes,
+)
 from train.logger import MetricsLogger, Progress
 from train.optim import (
     OptimConfig,
     learning_rate_schedule,
     make_optimizer,
 )
+from train.rundir import RunLock, write_atomically
 from train.runtime import enable_compilation_cache
 from train.sharding import Placement, ShardingConfig
 from train.state import TrainState, parameter_count
-from train.step import init_state, make_eval_step, make_train_step
+from train.step import init_state, initial_state, make_eval_step, make_train_step
 from train.tasks.base import SPLITS, DataPosition
 from train.validate import (
     adapt_model,
@@ -87,10 +101,16 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)} (set {flag})")
+        if self.run_dir is not None and not self.run_dir.strip():
+            raise ConfigError(
+                "run_dir is empty; give --run-dir a directory (without --run-dir the command "
+                "line writes to runs/MODEL-TASK)"
+            )
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ConfigError):
     """The run directory holds checkpoints of a run configured differently."""
 
 
@@ -104,7 +124,8 @@ class Preempted(Exception):  # noqa: N818 (an event, not an error)
 
 class StopSignals:
     """While active (main thread only), SIGTERM and SIGINT are recorded instead of killing the
-    process, so the loop can finish its step and save; the previous handlers come back after."""
+    process, so the loop can finish its step and save, and start-up can stop between its phases
+    without an exception raised at a random point; the previous handlers come back after."""
 
     def __init__(self, active: bool):
         self.active = active and threading.current_thread() is threading.main_thread()
@@ -114,11 +135,18 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         if self.active:
             for number in (signal.SIGTERM, signal.SIGINT):
-                self.previous[number] = signal.signal(number, self.record)
+                if signal.getsignal(number) is not signal.SIG_IGN:  # ignored by choice: stays so
+                    self.previous[number] = signal.signal(number, self.record)
         return self
 
     def record(self, number: int, frame: Any) -> None:
         self.received = number
+
+    def stop_if_received(self, when: str, step: int = 0) -> None:
+        """Preempted if a signal arrived (`when`: what the run was doing)."""
+        if self.received:
+            name = signal.Signals(self.received).name
+            raise Preempted(f"{name} received {when}", step, self.received)
 
     def __exit__(self, *exc: Any) -> None:
         for number, handler in self.previous.items():
@@ -199,14 +227,63 @@ def first_non_finite(
     return None
 
 
+def check_finite(
+    pending: list[dict[str, Any]],
+    first_step: int,
+    optim: OptimConfig,
+    checkpoints: Checkpoints | None,
+    history: list[dict[str, Any]],
+    in_a_row: int = 0,
+) -> int:
+    """NonFiniteError at the first of these steps (`pending`, from `first_step` on) whose
+    metrics hold a NaN or infinity; when non-finite updates are skipped, only once more than
+    optim.max_skipped steps in a row were skipped. Returns how many in a row end `pending`
+    (`in_a_row`: how many ended the steps before it)."""
+    advice = (
+        "lower --optim.lr, set --optim.clip-norm, or --optim.skip-non-finite to skip such updates"
+    )
+    if not optim.skip_non_finite:
+        problem = first_non_finite(pending, first_step)
+        if problem:
+            step, metric, value = problem
+            raise NonFiniteError(
+                f"non-finite {metric} ({value}) at step {step}; {advice}" + last_good(checkpoints),
+                step,
+                metric,
+                history,
+            )
+        return 0
+    for offset, metrics in enumerate(pending):
+        in_a_row = in_a_row + 1 if metrics["skipped"] else 0
+        if in_a_row > optim.max_skipped:
+            step = first_step + offset
+            metric = next(
+                (k for k in sorted(metrics, key=lambda k: k != "loss")
+                 if not np.all(np.isfinite(metrics[k]))),
+                "param_norm",
+            )  # fmt: skip
+            raise NonFiniteError(
+                f"{in_a_row} updates in a row were non-finite and skipped (steps "
+                f"{step - in_a_row + 1}-{step}, more than --optim.max-skipped "
+                f"{optim.max_skipped}; at step {step} the {metric} was non-finite, or the "
+                "parameters would have been); lower --optim.lr or set --optim.clip-norm"
+                + last_good(checkpoints),
+                step,
+                metric,
+                history,
+            )
+    return in_a_row
+
+
 def host_means(host: list[dict[str, Any]], task: Any, skip_non_finite: bool) -> dict:
     """Mean of each metric over the interval's steps; with skipped non-finite updates, over
     the finite steps only, and `skipped` = how many were skipped."""
-    finite = [m for m in host if np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])]
-    kept = finite if skip_non_finite and finite else host
-    means = {k: float(np.mean([m[k] for m in kept])) for k in host[0]}
-    if skip_non_finite:
-        means["skipped"] = float(len(host) - len(finite))
+    if not skip_non_finite:
+        return task.finalize_metrics({k: float(np.mean([m[k] for m in host])) for k in host[0]})
+    finite = [m for m in host if not m["skipped"]]
+    kept = finite or host
+    means = {k: float(np.mean([m[k] for m in kept])) for k in host[0] if k != "skipped"}
+    means["skipped"] = float(len(host) - len(finite))
     return task.finalize_metrics(means)
 
 
@@ -218,16 +295,71 @@ def last_good(checkpoints: Checkpoints | None) -> str:
     )
 
 
-def resume_or_start(
-    checkpoints: Checkpoints | None, state: TrainState, config: dict, run: RunConfig
-) -> tuple[TrainState, DataPosition, list[dict], list[dict], int]:
-    """(state, data position, history, pending step metrics, step) to continue from: the
-    latest readable checkpoint of a run with the same configuration, else the fresh start."""
-    fresh = (state, DataPosition(), [], [], 0)
-    if checkpoints is None or not checkpoints.steps():
-        return fresh
-    saved = checkpoints.saved_config()
-    differences = config_differences(saved, config) if saved is not None else []
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A run checked from end to end, with nothing compiled and nothing written."""
+
+    model: nn.Module
+    batch: dict
+    placement: Placement
+    tx: Any
+    abstract: TrainState
+    """The initial state's shapes and dtypes (jax.eval_shape: traced, not compiled)."""
+    config: dict
+
+
+def validation_metric_names(model: nn.Module, task: Any, abstract: TrainState, batch_size: int):
+    """The metrics an evaluation reports, found by tracing one eval step (nothing compiled)."""
+    batch = next(task.eval_batches("validation", batch_size))
+    metrics = jax.eval_shape(make_eval_step(model, task), abstract, batch)
+    means = {k: 1.0 for k in metrics if k not in ("count", "examples")}
+    return sorted(task.finalize_metrics(means))
+
+
+def prepare(
+    model: nn.Module, task: Any, optim: OptimConfig, run: RunConfig, init_params: Any
+) -> Prepared:
+    """Every check of the configuration that can be made before compiling or writing: each
+    failure is one ConfigError."""
+    check_model_config(model)
+    model = adapt_model(model, task)
+    batch = task.train_batch(DataPosition())
+    check_sequence_length(model, batch)
+    check_model_fits_task(model, task, batch)
+    placement = Placement.for_run(run.sharding)
+    check_batch_divides(task.batch_size, placement.batch_ways)
+    check_batch_divides(run.eval_batch_size, placement.batch_ways, option="--eval-batch-size")
+    tx = make_optimizer(optim, run.steps)
+    init = functools.partial(initial_state, model, tx)
+    abstract = jax.eval_shape(init, jax.random.key(run.seed), batch["inputs"], init_params)
+    check_freeze_patterns(abstract.params, optim)
+    keep_best = run.run_dir and run.checkpoint.enabled and run.checkpoint.keep_best
+    if keep_best:
+        names = validation_metric_names(model, task, abstract, run.eval_batch_size)
+        if run.checkpoint.best_metric not in names:
+            raise ConfigError(
+                f"checkpoint.best_metric {run.checkpoint.best_metric!r} is not a validation "
+                f"metric of {type(task).__name__} (it reports {', '.join(names)}); set "
+                "--checkpoint.best-metric to one of them, or --checkpoint.keep-best 0"
+            )
+    config = run_config_dict(model, task, optim, run)
+    return Prepared(model, batch, placement, tx, abstract, config)
+
+
+def check_resumable(saved: SavedRun | None, prepared: Prepared, run: RunConfig) -> None:
+    """Refuse (ConfigError, nothing written) a run directory whose checkpoints this run cannot
+    continue: another configuration (unless forced), arrays of other shapes (even if forced:
+    that is not damage), or no checkpoint whose metadata can be read."""
+    if saved is None or not saved.steps:
+        return
+    if saved.step is None:
+        reasons = "; ".join(f"step {s}: {r}" for s, r in saved.unreadable.items())
+        raise ConfigError(
+            f"no checkpoint in {saved.directory} can be read ({reasons}); nothing was changed: "
+            "restore them from a backup, or move the checkpoints directory away to start this "
+            "run from step 0"
+        )
+    differences = config_differences(saved.config, prepared.config)
     if differences and run.checkpoint.resume != "force":
         raise ConfigMismatchError(
             f"{run.run_dir} holds checkpoints of a differently configured run "
@@ -236,14 +368,18 @@ def resume_or_start(
             "--run-dir, delete its checkpoints, or pass --checkpoint.resume force to continue "
             "from them anyway"
         )
-    restored = checkpoints.restore(state)
-    if restored is None:
-        return fresh
-    checkpoints.message(
-        f"resuming from the checkpoint at step {restored.step} in {checkpoints.directory}"
-        + (f" (configuration differs: {'; '.join(differences)})" if differences else "")
-    )
-    return restored.state, restored.position, restored.history, restored.pending, restored.step
+    fresh = tree_shapes(jax.eval_shape(state_arrays, prepared.abstract))
+    mismatched = shape_differences(saved.shapes, fresh)
+    if mismatched:
+        shown = "; ".join(mismatched[:6]) + (
+            f"; and {len(mismatched) - 6} more" if len(mismatched) > 6 else ""
+        )
+        raise ConfigMismatchError(
+            f"the checkpoint at step {saved.step} in {saved.directory} cannot continue this "
+            f"run: {len(mismatched)} array{'s differ' if len(mismatched) > 1 else ' differs'} "
+            f"({shown}); nothing was changed: use another --run-dir, or go back to the "
+            "configuration that saved it"
+        )
 
 
 def fit(
@@ -258,55 +394,85 @@ def fit(
     `init_params` (optional) replaces the matching part of the freshly initialised parameters,
     e.g. pretrained convolutions for transfer learning (see train.step.merge_params). With a
     run directory and checkpoints enabled, a run directory that holds checkpoints is resumed.
+
+    The run directory is the user's data: every check runs first (ConfigError, nothing compiled
+    or written), then the directory is locked and its checkpoints read; a refusal leaves it
+    as it was. Only once the run has decided to start or resume is anything written.
     """
     start = time.perf_counter()
-    if run.compilation_cache:
-        enable_compilation_cache()
-    check_model_config(model)
-    model = adapt_model(model, task)
-    batch = task.train_batch(DataPosition())
-    check_sequence_length(model, batch)
-    check_model_fits_task(model, task, batch)
-    config = run_config_dict(model, task, optim, run)
     primary = jax.process_index() == 0  # in a multi-process run only process 0 writes logs
-    if run.run_dir and primary:
-        os.makedirs(run.run_dir, exist_ok=True)
-        with open(os.path.join(run.run_dir, "config.json"), "w") as f:
-            json.dump(config, f, indent=2, default=str)
-
-    placement = Placement.for_run(run.sharding)
-    for size in (task.batch_size, run.eval_batch_size):
-        check_batch_divides(size, placement.batch_ways)
-    tx = make_optimizer(optim, run.steps)
-    init_start = time.perf_counter()
-    state = init_state(
-        model, tx, batch["inputs"], run.seed, init_params, placement.state_shardings(tx)
-    )
-    state = jax.block_until_ready(state)
-    init_time = time.perf_counter() - init_start  # compiling and running the initialisation
-    check_freeze_patterns(state.params, optim)
-    logger = MetricsLogger(
-        run.run_dir if primary else None, run.steps, run.progress if primary else "off",
-        run.tensorboard,
-    )  # fmt: skip
-    checkpoints = None
-    if run.run_dir and run.checkpoint.enabled:
-        checkpoints = Checkpoints(run.run_dir, run.checkpoint, logger.message)
-    try:
-        state, position, history, pending, first = resume_or_start(checkpoints, state, config, run)
-        logger.restore(history, first)
-        job = Job(model, task, optim, run, tx, logger, checkpoints, config, placement)
-        summary = train_loop(job, state, position, pending, first)
-    finally:
-        logger.close()
-        if checkpoints is not None:
-            checkpoints.close()
-    state = summary.pop("state")
-    summary.update(wall_time=time.perf_counter() - start, init_time=init_time)
-    if run.run_dir and primary:
-        with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-    return FitResult(model=model, state=state, summary=summary, history=logger.records)
+    with StopSignals(active=bool(run.run_dir)) as signals:
+        if run.compilation_cache:
+            enable_compilation_cache()
+        prepared = prepare(model, task, optim, run, init_params)
+        signals.stop_if_received("during start-up: stopped before touching the run directory")
+        with RunLock(run.run_dir) if run.run_dir and primary else contextlib.nullcontext():
+            use_checkpoints = bool(run.run_dir) and run.checkpoint.enabled
+            saved = inspect_checkpoints(run.run_dir) if use_checkpoints else None
+            check_resumable(saved, prepared, run)
+            signals.stop_if_received("during start-up: stopped before training, nothing written")
+            init_start = time.perf_counter()
+            state = init_state(
+                prepared.model,
+                prepared.tx,
+                prepared.batch["inputs"],
+                run.seed,
+                init_params,
+                prepared.placement.state_shardings(prepared.tx),
+            )
+            state = jax.block_until_ready(state)
+            init_time = time.perf_counter() - init_start  # compiling and running the init
+            say = lambda text: print(text, flush=True) if run.progress != "off" else None
+            checkpoints = Checkpoints(run.run_dir, run.checkpoint, say) if use_checkpoints else None
+            logger = None
+            try:
+                restored = checkpoints.restore(state) if saved is not None else None
+                signals.stop_if_received(
+                    "during start-up: stopped before training, nothing written"
+                )
+                # decided: from here on the run directory belongs to this run
+                if restored is not None:
+                    differences = config_differences(saved.config, prepared.config)
+                    say(
+                        f"resuming from the checkpoint at step {restored.step} in "
+                        f"{checkpoints.directory}"
+                        + (
+                            f" (configuration differs: {'; '.join(differences)})"
+                            * bool(differences)
+                        )
+                    )
+                    state = restored.state
+                if checkpoints is not None:
+                    checkpoints.remove_leftovers()
+                if run.run_dir and primary:
+                    path = os.path.join(run.run_dir, "config.json")
+                    write_atomically(path, json.dumps(prepared.config, indent=2, default=str))
+                logger = MetricsLogger(
+                    run.run_dir if primary else None,
+                    run.steps,
+                    run.progress if primary else "off",
+                    run.tensorboard,
+                    history=restored.history if restored is not None else None,
+                    first_step=restored.step if restored is not None else 0,
+                )
+                if checkpoints is not None:
+                    checkpoints.message = logger.message
+                job = Job(
+                    prepared.model, task, optim, run, prepared.tx, logger, checkpoints,
+                    prepared.config, prepared.placement, signals,
+                )  # fmt: skip
+                summary = train_loop(job, state, restored)
+            finally:
+                if logger is not None:
+                    logger.close()
+                if checkpoints is not None:
+                    checkpoints.close()
+            state = summary.pop("state")
+            summary.update(wall_time=time.perf_counter() - start, init_time=init_time)
+            if run.run_dir and primary:
+                path = os.path.join(run.run_dir, "summary.json")
+                write_atomically(path, json.dumps(summary, indent=2))
+    return FitResult(model=prepared.model, state=state, summary=summary, history=logger.records)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,12 +488,16 @@ class Job:
     checkpoints: Checkpoints | None
     config: dict
     placement: Placement
+    signals: StopSignals
 
 
-def train_loop(
-    job: Job, state: TrainState, position: DataPosition, pending: list, first: int
-) -> dict[str, Any]:
-    """Steps first + 1 .. run.steps, logging, evaluating and checkpointing; the summary."""
+def train_loop(job: Job, state: TrainState, restored: Restored | None) -> dict[str, Any]:
+    """Steps first + 1 .. run.steps (first: the `restored` checkpoint's step, else 0), logging,
+    evaluating and checkpointing; the summary."""
+    first, position, pending, skipped_in_a_row = 0, DataPosition(), [], 0
+    if restored is not None:
+        first, position, pending = restored.step, restored.position, restored.pending
+        skipped_in_a_row = restored.skipped_in_a_row
     model, task, optim, run, logger, checkpoints = (
         job.model, job.task, job.optim, job.run, job.logger, job.checkpoints
     )  # fmt: skip
@@ -336,7 +506,8 @@ def train_loop(
     compile_start = time.perf_counter()
     shardings = job.placement.step_shardings(state)
     batch = place(task.train_batch(position))
-    train_step = make_train_step(model, task, job.tx, shardings).lower(state, batch).compile()
+    train_step = make_train_step(model, task, job.tx, shardings, optim.skip_non_finite)
+    train_step = train_step.lower(state, batch).compile()
     eval_step = make_eval_step(model, task, shardings)
     eval_step = eval_step.lower(
         state, place(next(task.eval_batches("validation", run.eval_batch_size)))
@@ -349,65 +520,76 @@ def train_loop(
     save_every = run.checkpoint.every or run.eval_every
     train_time, interval_start = 0.0, time.perf_counter()
     interval_first = first - len(pending)
-    with StopSignals(active=checkpoints is not None) as signals:
-        for step in range(first + 1, run.steps + 1):
-            state, metrics = train_step(state, batch)
-            pending.append(metrics)
-            position = task.next_position(position)
-            if step < run.steps:
-                batch = place(task.train_batch(position))
-            log = not (step % run.log_every and step % run.eval_every and step != run.steps)
-            save = checkpoints is not None and (
-                step % save_every == 0 or step == run.steps or signals.received
-            )
-            if not (log or save):
-                continue
-            pending = jax.device_get(pending)
-            # skipping non-finite updates: only parameters gone non-finite (more than
-            # optim.max_skipped in a row, so the update was applied) stop the run
-            only = ("param_norm",) if optim.skip_non_finite else ()
-            problem = first_non_finite(pending, interval_first + 1, only)
-            if problem:
-                bad_step, metric, value = problem
-                skipping = f" after {optim.max_skipped} skipped updates in a row" if only else ""
-                raise NonFiniteError(
-                    f"non-finite {metric} ({value}) at step {bad_step}{skipping}; lower "
-                    "--optim.lr, set --optim.clip-norm, or --optim.skip-non-finite to skip such "
-                    "updates" + last_good(checkpoints),
-                    bad_step,
-                    metric,
-                    logger.records,
+    checked = len(pending)  # steps of `pending` already checked for non-finite values
+    signals = job.signals
+    signals.stop_if_received("during start-up: stopped before training", first)
+    for step in range(first + 1, run.steps + 1):
+        state, metrics = train_step(state, batch)
+        pending.append(metrics)
+        position = task.next_position(position)
+        if step < run.steps:
+            batch = place(task.train_batch(position))
+        log = not (step % run.log_every and step % run.eval_every and step != run.steps)
+        save = checkpoints is not None and (
+            step % save_every == 0 or step == run.steps or signals.received
+        )
+        if not (log or save or signals.received):
+            continue
+        pending = jax.device_get(pending)
+        skipped_in_a_row = check_finite(
+            pending[checked:],
+            interval_first + 1 + checked,
+            optim,
+            checkpoints,
+            logger.records,
+            skipped_in_a_row,
+        )
+        checked = len(pending)
+        validation = None
+        if log:
+            elapsed = time.perf_counter() - interval_start
+            train_time += elapsed
+            means = host_means(pending, task, optim.skip_non_finite)
+            means["lr"] = float(schedule(max(step - 1, 0) // optim.accumulate))
+            means["examples_per_second"] = len(pending) * task.batch_size / elapsed
+            logger.log(step, "train", means)
+            pending, interval_first, checked = [], step, 0
+            if step % run.eval_every == 0 or step == run.steps:
+                validation = evaluate(
+                    eval_step, state, task, "validation", run.eval_batch_size, place
                 )
-            validation = None
-            if log:
-                elapsed = time.perf_counter() - interval_start
-                train_time += elapsed
-                means = host_means(pending, task, optim.skip_non_finite)
-                means["lr"] = float(schedule(max(step - 1, 0) // optim.accumulate))
-                means["examples_per_second"] = len(pending) * task.batch_size / elapsed
-                logger.log(step, "train", means)
-                pending, interval_first = [], step
-                if step % run.eval_every == 0 or step == run.steps:
-                    validation = evaluate(
-                        eval_step, state, task, "validation", run.eval_batch_size, place
-                    )
-                    logger.log(step, "validation", validation)
-            if save:  # with the steps since the last log, so the history resumes unchanged
-                checkpoints.save(state, position, logger.records, pending, job.config, validation)
-            if signals.received:
-                checkpoints.close()
-                name = signal.Signals(signals.received).name
+                logger.log(step, "validation", validation)
+        if save:  # with the steps since the last log, so the history resumes unchanged
+            checkpoints.save(
+                state, position, logger.records, pending, job.config, validation, skipped_in_a_row
+            )
+        if signals.received:
+            name = signal.Signals(signals.received).name
+            if checkpoints is None:
                 raise Preempted(
-                    f"{name} received: stopped after step {step} and saved a checkpoint in "
-                    f"{checkpoints.directory}; run the same command again to resume",
+                    f"{name} received: stopped after step {step}; checkpoints are off, so the "
+                    "run cannot be resumed",
                     step,
                     signals.received,
                 )
-            interval_start = time.perf_counter()
+            checkpoints.close()
+            raise Preempted(
+                f"{name} received: stopped after step {step} and saved a checkpoint in "
+                f"{checkpoints.directory}; run the same command again to resume",
+                step,
+                signals.received,
+            )
+        interval_start = time.perf_counter()
     final = {
         split: evaluate(eval_step, state, task, split, run.eval_batch_size, place)
         for split in SPLITS
     }
+    saved = f"; its checkpoint is saved in {checkpoints.directory}" if checkpoints else ""
+    signals.stop_if_received(
+        f"during the final evaluation: stopped after the last step {run.steps}{saved}; run the "
+        "same command again to evaluate it and write summary.json",
+        run.steps,
+    )
     trained = run.steps - first
     return {
         "model": type(model).__name__,

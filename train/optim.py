@@ -6,12 +6,15 @@ and optax.multi_transform to freeze.
 """
 
 import dataclasses
+import math
 import re
 import typing
 from typing import Literal
 
 import jax
 import optax
+
+from arch.errors import ConfigError
 
 OptimizerName = Literal["sgd", "momentum", "adam", "adamw"]
 ScheduleName = Literal["constant", "cosine"]
@@ -42,8 +45,9 @@ class OptimConfig:
     freeze: tuple[str, ...] = ()
     """Regular expressions; parameters whose path (e.g. 'conv_0/kernel') matches one stay fixed."""
     skip_non_finite: bool = False
-    """Skip an update whose gradient holds a NaN or infinity (optax.apply_if_finite) instead of
-    stopping the run; more than `max_skipped` in a row stops it."""
+    """Skip a step whose loss, gradients or resulting parameters hold a NaN or infinity (the
+    train step keeps the previous state: train.step.train_step_function) instead of stopping
+    the run; more than `max_skipped` in a row stop it."""
     max_skipped: int = 10
     lr_scale: tuple[tuple[str, float], ...] = ()
     """(regular expression, factor) pairs: parameters whose path matches train at factor * lr
@@ -58,11 +62,29 @@ class OptimConfig:
                     f"optim.{field} must be one of {typing.get_args(valid)}, "
                     f"got {getattr(self, field)!r}"
                 )
-        if not self.lr > 0:
+        # lr = inf passes `lr > 0` and turns the parameters into NaN at the first update, so
+        # every number must be finite; the range checks below then judge the finite ones only
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        infinite = {n for n, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
+        flag = lambda name: "--optim." + name.replace("_", "-")
+        problems += [
+            f"optim.{n} must be a finite number, got {values[n]} (set {flag(n)})" for n in infinite
+        ]
+        finite = lambda name: name not in infinite
+        if finite("lr") and not self.lr > 0:
             problems.append(f"optim.lr must be > 0, got {self.lr}")
+        # b1 or b2 = 1 zeroes Adam's bias correction 1 - b^t (NaN at step 1); a momentum of 1
+        # never lets a gradient fade
+        for name in ("momentum", "b1", "b2"):
+            if finite(name) and not 0 <= values[name] < 1:
+                problems.append(
+                    f"optim.{name} must be in [0, 1), got {values[name]} (set {flag(name)})"
+                )
+        if finite("eps") and not self.eps > 0:
+            problems.append(f"optim.eps must be > 0, got {self.eps} (set --optim.eps, e.g. 1e-8)")
         if self.warmup_steps < 0:
             problems.append(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.min_lr_ratio <= 1:
+        if finite("min_lr_ratio") and not 0 <= self.min_lr_ratio <= 1:
             problems.append(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.weight_decay < 0:
             problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
@@ -86,10 +108,12 @@ class OptimConfig:
                 problems.append(
                     f"optim.lr_scale pattern {pattern!r} is not a regular expression: {e}"
                 )
-            if not factor > 0:
-                problems.append(f"optim.lr_scale factor for {pattern!r} must be > 0, got {factor}")
+            if not (factor > 0 and math.isfinite(factor)):
+                problems.append(
+                    f"optim.lr_scale factor for {pattern!r} must be > 0 and finite, got {factor}"
+                )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
 
 def learning_rate_schedule(config: OptimConfig, total_updates: int) -> optax.Schedule:
@@ -177,8 +201,6 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
             {"trainable": tx, "frozen": optax.set_to_zero()},
             lambda params: frozen_labels(params, config.freeze),
         )
-    if config.skip_non_finite:
-        tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_skipped)
     if config.accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.accumulate)
     return tx

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from arch.errors import ConfigError
 from train.state import PyTree, TrainState
 
 Batch = dict[str, Any]
@@ -50,10 +51,24 @@ def apply_model(
     return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
 
 
+def all_finite(tree: PyTree) -> jax.Array:
+    """True where every element of every array in `tree` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def train_step_function(
-    model: nn.Module, task: LossTask, tx: optax.GradientTransformation
+    model: nn.Module,
+    task: LossTask,
+    tx: optax.GradientTransformation,
+    skip_non_finite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The pure `train_step(state, batch) -> (state, metrics)`, before jit (ensembles vmap it)."""
+    """The pure `train_step(state, batch) -> (state, metrics)`, before jit (ensembles vmap it).
+
+    skip_non_finite: a step whose loss, gradients or resulting parameters hold a NaN or an
+    infinity keeps the previous parameters, optimizer state and model state, and reports
+    `skipped` = 1 (the parameters are checked too: a finite gradient times a huge learning rate
+    can still overflow them, which a check of the gradients alone would let through).
+    """
 
     def loss_fn(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array):
         outputs, model_state = apply_model(
@@ -68,12 +83,23 @@ def train_step_function(
         (loss, (metrics, model_state)), grads = grad_fn(state.params, state, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        update_norm = optax.tree.norm(updates)
+        skipped = {}
+        if skip_non_finite:
+            finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            params = keep(params, state.params)
+            opt_state = keep(opt_state, state.opt_state)
+            model_state = keep(model_state, state.model_state)
+            update_norm = jnp.where(finite, update_norm, 0.0)  # what was applied
+            skipped = {"skipped": 1.0 - finite.astype(jnp.float32)}
         metrics = {
             "loss": loss,
             **metrics,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
-            "update_norm": optax.tree.norm(updates),
+            "update_norm": update_norm,
+            **skipped,
         }
         new_state = state.replace(
             step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
@@ -88,13 +114,15 @@ def make_train_step(
     task: LossTask,
     tx: optax.GradientTransformation,
     shardings: tuple[Any, Any] | None = None,
+    skip_non_finite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
     shardings: (the state's, the batch's) to run over a device mesh (train/sharding.py); the
     function is the same, only its jit says where the arrays live. Metrics come back whole.
+    skip_non_finite: see train_step_function.
     """
-    train_step = train_step_function(model, task, tx)
+    train_step = train_step_function(model, task, tx, skip_non_finite)
     if shardings is None:
         return jax.jit(train_step, donate_argnums=0)
     state_sharding, batch_sharding = shardings
@@ -149,10 +177,10 @@ def merge_params(fresh: PyTree, given: PyTree) -> PyTree:
     flat_given = flax.traverse_util.flatten_dict(given, sep="/")
     unknown = sorted(set(flat_given) - set(flat_fresh))
     if unknown:
-        raise ValueError(f"init_params has parameters the model lacks: {unknown}")
+        raise ConfigError(f"init_params has parameters the model lacks: {unknown}")
     for path, value in flat_given.items():
         if value.shape != flat_fresh[path].shape:
-            raise ValueError(
+            raise ConfigError(
                 f"init_params {path} has shape {value.shape}, the model needs "
                 f"{flat_fresh[path].shape}"
             )
