@@ -382,6 +382,37 @@ def check_resumable(saved: SavedRun | None, prepared: Prepared, run: RunConfig) 
         )
 
 
+def begin(
+    prepared: Prepared,
+    run: RunConfig,
+    saved: SavedRun | None,
+    checkpoints: Checkpoints | None,
+    restored: Restored | None,
+    primary: bool,
+    say: Any,
+) -> MetricsLogger:
+    """The run has decided to start (`restored` None) or to resume: from here on the run
+    directory belongs to it. Clears interrupted saves, writes config.json and opens the logs."""
+    if restored is not None:
+        differences = config_differences(saved.config, prepared.config)
+        differ = f" (configuration differs: {'; '.join(differences)})" if differences else ""
+        where = f"step {restored.step} in {checkpoints.directory}"
+        say(f"resuming from the checkpoint at {where}{differ}")
+    if checkpoints is not None:
+        checkpoints.remove_leftovers()
+    if run.run_dir and primary:
+        path = os.path.join(run.run_dir, "config.json")
+        write_atomically(path, json.dumps(prepared.config, indent=2, default=str))
+    return MetricsLogger(
+        run.run_dir if primary else None,
+        run.steps,
+        run.progress if primary else "off",
+        run.tensorboard,
+        history=restored.history if restored is not None else None,
+        first_step=restored.step if restored is not None else 0,
+    )
+
+
 def fit(
     model: nn.Module,
     task: Any,
@@ -430,37 +461,14 @@ def fit(
                 signals.stop_if_received(
                     "during start-up: stopped before training, nothing written"
                 )
-                # decided: from here on the run directory belongs to this run
-                if restored is not None:
-                    differences = config_differences(saved.config, prepared.config)
-                    say(
-                        f"resuming from the checkpoint at step {restored.step} in "
-                        f"{checkpoints.directory}"
-                        + (
-                            f" (configuration differs: {'; '.join(differences)})"
-                            * bool(differences)
-                        )
-                    )
-                    state = restored.state
-                if checkpoints is not None:
-                    checkpoints.remove_leftovers()
-                if run.run_dir and primary:
-                    path = os.path.join(run.run_dir, "config.json")
-                    write_atomically(path, json.dumps(prepared.config, indent=2, default=str))
-                logger = MetricsLogger(
-                    run.run_dir if primary else None,
-                    run.steps,
-                    run.progress if primary else "off",
-                    run.tensorboard,
-                    history=restored.history if restored is not None else None,
-                    first_step=restored.step if restored is not None else 0,
-                )
+                logger = begin(prepared, run, saved, checkpoints, restored, primary, say)
                 if checkpoints is not None:
                     checkpoints.message = logger.message
                 job = Job(
                     prepared.model, task, optim, run, prepared.tx, logger, checkpoints,
                     prepared.config, prepared.placement, signals,
                 )  # fmt: skip
+                state = restored.state if restored is not None else state
                 summary = train_loop(job, state, restored)
             finally:
                 if logger is not None:
