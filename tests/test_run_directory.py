@@ -198,6 +198,26 @@ def test_a_second_process_on_a_held_run_directory_exits_2_naming_the_holder(tmp_
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 200
 
 
+def test_a_restored_state_lowers_to_the_fresh_states_program(tmp_path):
+    """Else a resumed run misses the compilation cache and compiles its train step again."""
+    from train.checkpoint import Checkpoints
+    from train.optim import make_optimizer
+    from train.step import init_state, make_train_step
+
+    model, task = case("transformer")
+    optim, run = configs(str(tmp_path), False)
+    fit(model, task, optim, run)
+    model = model.clone(vocab_size=task.vocab_size, num_outputs=task.vocab_size)
+    tx = make_optimizer(optim, run.steps)
+    batch = task.train_batch(task.position_after(0))
+    fresh = init_state(model, tx, batch["inputs"], run.seed)
+    checkpoints = Checkpoints(str(tmp_path), run.checkpoint)
+    restored = checkpoints.restore(fresh).state
+    checkpoints.close()
+    step = make_train_step(model, task, tx)
+    assert step.lower(fresh, batch).as_text() == step.lower(restored, batch).as_text()
+
+
 def test_the_lock_dies_with_its_holder(tmp_path):
     run_dir = str(tmp_path / "run")
     holder = subprocess.Popen(

@@ -223,11 +223,16 @@ def init_state(
 
     `init_params`, if given, replaces the matching part of the fresh parameters (see merge_params).
     `shardings`, if given, maps the abstract state to its shardings: each array is created
-    where it lives (a sharded model is never whole on one device).
+    where it lives (a sharded model is never whole on one device). The arrays are committed.
     """
     # the seed is an argument, not a constant: one compiled program serves every seed
     init = functools.partial(initial_state, model, tx)
     args = (jax.random.key(seed), example_inputs, init_params)
     if shardings is None:
-        return jax.jit(init)(*args)
-    return jax.jit(init, out_shardings=shardings(jax.eval_shape(init, *args)))(*args)
+        state = jax.jit(init)(*args)
+    else:
+        state = jax.jit(init, out_shardings=shardings(jax.eval_shape(init, *args)))(*args)
+    # committed to where it lies, as a state restored from a checkpoint is: the two then lower
+    # to one train step program, so a resumed run finds the fresh run's in the compilation
+    # cache (uncommitted, the first resume of a GPT compiled 9.6 s instead of 0.9 s)
+    return jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
