@@ -235,4 +235,6 @@ def init_state(
     # committed to where it lies, as a state restored from a checkpoint is: the two then lower
     # to one train step program, so a resumed run finds the fresh run's in the compilation
     # cache (uncommitted, the first resume of a GPT compiled 9.6 s instead of 0.9 s)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state)):
+        return state  # traced (jax.eval_shape, jit): there is nothing to commit
     return jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
