@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_inputs, random_variables
+from helpers import random_inputs, random_variables
 
 from arch.attention import AdditiveAttention, LuongAttention, MultiHeadAttention, rotary_embedding
 from arch.errors import ConfigError

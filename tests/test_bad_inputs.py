@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import cli_error
 
 import train.__main__
 import train.loop
@@ -27,14 +28,13 @@ def usage_error(capsys, tmp_path, argv: list[str]) -> str:
     """The one line that `main(argv)` prints on stderr as it exits with status 2, having
     created no run directory."""
     run_dir = tmp_path / "run"
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--run-dir", str(run_dir), "--progress", "off", "--steps", "2"])
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 2, captured.err
-    lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.out + captured.err
-    assert not any(mark in captured.out + captured.err for mark in TYRO_BOX)
+    error = cli_error(
+        capsys, [*argv, "--run-dir", str(run_dir), "--progress", "off", "--steps", "2"]
+    )
+    lines = error.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), error
+    assert "Traceback" not in error
+    assert not any(mark in error for mark in TYRO_BOX)
     assert not run_dir.exists()
     return lines[0]
 

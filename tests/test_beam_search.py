@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_variables
+from helpers import random_variables
 
 from arch import EncoderDecoderTransformer
 from arch.decoding import (

@@ -5,7 +5,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import TEXT_ALPHABETS, TEXT_BOUNDS
+from helpers import TEXT_ALPHABETS, TEXT_BOUNDS
 
 from arch.errors import ConfigError
 from train.tasks import DataPosition, MarkovLanguage, TextFile

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_inputs
+from helpers import random_inputs
 
 from arch import MODELS
 from arch.errors import ConfigError

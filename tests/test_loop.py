@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import cli_error
 
 from arch import MLP, MODELS, LeNet, Perceptron
 from arch.errors import ConfigError
@@ -150,15 +151,6 @@ def test_an_explicit_wrong_num_outputs_is_refused():
 def run_options(tmp_path, steps: int = 2) -> list[str]:
     directory = str(tmp_path / "cli")
     return ["--run-dir", directory, "--progress", "off", "--steps", str(steps)]
-
-
-def cli_error(capsys, argv: list[str]) -> str:
-    """What the command line printed when it exited with tyro's usage error."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    return captured.out + captured.err
 
 
 def test_cli_unknown_model_lists_the_models(tmp_path, capsys):

@@ -9,7 +9,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import BATCH, CELLS, HIDDEN, TIME, random_inputs
+from helpers import BATCH, CELLS, HIDDEN, TIME, random_inputs
 
 from arch.errors import ConfigError
 from arch.recurrent import RNN, GRUCell, LSTMCell

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_inputs, random_variables
 from flax.traverse_util import flatten_dict
+from helpers import random_inputs, random_variables
 
 from arch import (
     EncoderDecoderTransformer,

@@ -3,23 +3,15 @@ command line): unknown names with the closest valid ones, invalid values, a sequ
 than the model's positions, a vocabulary too small for the task, a batch that does not split."""
 
 import pytest
+from helpers import cli_error
 
 from arch import MODELS
 from arch.errors import ConfigError
-from train.__main__ import main
 from train.loop import RunConfig, fit
 from train.tasks import TASKS
 from train.validate import adapt_model, check_batch_divides, check_model_config
 
 QUIET = dict(steps=1, progress="off", tensorboard=False, compilation_cache=False)
-
-
-def cli_error(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    return captured.out + captured.err
 
 
 @pytest.mark.parametrize(
