@@ -3,14 +3,14 @@
 import flax.linen as nn
 
 from arch.cnn import Detector, LeNet, ResNet
-from arch.encoder import MaskedLanguageModel, TransformerClassifier
+from arch.transformer import MaskedLanguageModel, TransformerClassifier
 from arch.linear_rnn import (
     LinearRecurrentClassifier,
     LinearRecurrentLM,
     LinearRecurrentTagger,
 )
 from arch.mlp import MLP, Perceptron
-from arch.recurrent import RNNClassifier, RNNLanguageModel, RNNTagger
+from arch.rnn import RNNClassifier, RNNLanguageModel, RNNTagger
 from arch.seq2seq import RNNSeq2Seq
 from arch.transformer import EncoderDecoderTransformer, TransformerLM
 from arch.vit import ViT

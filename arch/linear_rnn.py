@@ -1,5 +1,5 @@
 """Models on linear recurrences: a residual block (LayerNorm, a mixer from
-arch/linear_recurrent.py, a gated MLP) stacked into a classifier, a tagger and a language model
+arch/linear_mixers.py, a gated MLP) stacked into a classifier, a tagger and a language model
 that decodes with a constant-size state.
 
 Legend: b batch, t time, f input features, d model width, n state width, v vocabulary.
@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
-from arch.linear_recurrent import LRU, MinGRU, MinLSTM, ScanMethod, SelectiveSSM, dense
+from arch.linear_mixers import LRU, MinGRU, MinLSTM, SelectiveSSM, dense
+from arch.linear_scan import ScanMethod
 
 Mixer = Literal["lru", "mingru", "minlstm", "mamba"]
 MIXERS: dict[str, type[nn.Module]] = {

@@ -4,7 +4,7 @@ context-vector bottleneck) and with Bahdanau (additive) or Luong (dot / general)
 Legend: b batch, s source positions, t target positions, e embedding width, n hidden units,
 m memory width (n, or 2n with a bidirectional encoder), a attention width, v vocabulary.
 
-The encoder is arch/recurrent.py's RNN layer over the embedded source (masked: a padded step
+The encoder is arch/rnn_layer.py's RNN layer over the embedded source (masked: a padded step
 leaves the state unchanged, so the final state of a right-padded sequence is the state after
 its last real token; the backward direction starts from zeros over the padding). The decoder
 starts from the encoder's final state, per layer (bidirectional: s_0 = tanh(W [h_fwd; h_bwd] +
@@ -39,7 +39,8 @@ import jax.numpy as jnp
 
 from arch.attention import attend
 from arch.errors import ConfigError
-from arch.recurrent import CELLS, RNN, Cell, State, matmul
+from arch.rnn_cells import CELLS, Cell, State, matmul
+from arch.rnn_layer import RNN
 
 AttentionKind = Literal["none", "bahdanau", "luong_dot", "luong_general"]
 Memory = dict[str, Any]

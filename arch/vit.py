@@ -7,7 +7,7 @@ Legend: b batch, y / x image rows / columns, c channels, p patch size, n patches
 import flax.linen as nn
 import jax
 
-from arch.encoder import TransformerClassifier
+from arch.transformer import TransformerClassifier
 from arch.errors import ConfigError
 
 

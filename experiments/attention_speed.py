@@ -13,13 +13,13 @@ the gradients with respect to q, k and v of sum(output * c) for a fixed random c
 VJP), at t = 512 / 2048 / 4096. Implementations: `arch.attention.dot_product_attention` with
 kernel "einsum" (the reference, stores the [b, h, t, t] scores), "xla"
 (`jax.nn.dot_product_attention`) and "blockwise" at each block size, and PyTorch's SDPA on
-[b, h, t, e] tensors (threads = cores) when torch imports. All run round-robin (train/bench.py:
+[b, h, t, e] tensors (threads = cores) when torch imports. All run round-robin (train/measure/bench.py:
 median, min-max of `repeats` samples after a warm-up); JAX compile time is reported apart. The
 outputs and gradients of every implementation are compared with the einsum kernel's. "No
 slower" allows the machine's noise: a time ratio up to 1 / 0.87.
 
 Peak memory, in bytes of arrays: JAX's is the compiled executable's own plan (memory_analysis:
-arguments + outputs + temporaries, train/bench.py `memory`); PyTorch's is the bytes of its
+arguments + outputs + temporaries, train/measure/bench.py `memory`); PyTorch's is the bytes of its
 inputs (q, k, v, c) plus the highest net sum of the tensor allocations and frees that
 `torch.profiler` (profile_memory) records during one call, which ends holding the output and
 the three gradients, as JAX's outputs do. (tracemalloc sees no tensor memory.) Checked once
@@ -53,7 +53,7 @@ import numpy as np
 import tyro
 
 from arch.attention import dot_product_attention
-from train import bench
+from train.measure import bench
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 
 TIE = 1 / 0.87  # time ratios under ~1.15 are noise on the shared machine (BASELINES.md)

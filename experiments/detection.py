@@ -13,7 +13,7 @@ measure of how tight the boxes are.
 mAP@0.5 is Pascal VOC's (2010+): per class, detections of all test scenes ranked by score,
 greedy matching to the best-overlapping unmatched true box at IoU >= 0.5, all-point
 interpolated area under precision-recall; the mean over the 4 classes
-(train/detection_metrics.py, tested against hand-worked cases). Detections are the decoded
+(train/tasks/detection_metrics.py, tested against hand-worked cases). Detections are the decoded
 cells with score = objectness x class probability >= 0.05, after NMS within each class at
 IoU 0.5. The picture (detection.png) draws held-out scenes with the true boxes (dashed) and
 the detections scoring >= 0.5.
@@ -48,7 +48,7 @@ import numpy as np
 import tyro
 
 from arch import MODELS
-from train.detection_metrics import mean_average_precision
+from train.tasks.detection_metrics import mean_average_precision
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.report import experiment_dir, figure, format_table, save_figure, write_results

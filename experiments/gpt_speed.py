@@ -37,7 +37,7 @@ import numpy as np
 import tyro
 
 from arch.transformer import TransformerLM
-from train import bench
+from train.measure import bench
 from train.optim import OptimConfig, make_optimizer
 from train.report import experiment_dir, format_table, write_results
 from train.state import parameter_count

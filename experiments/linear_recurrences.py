@@ -83,7 +83,7 @@ A first run with one block per linear model (d 64, 362 s) gave: adding LRU 0.167
 0.0127, minLSTM 0.0026, Mamba 0.0037; copy at 50 LRU 1.00, minGRU 0.35, minLSTM 0.39, Mamba
 1.00; markov LRU 3.146, minGRU 3.207, minLSTM 3.212, Mamba 3.127. Caveats: one seed, one
 learning rate (3e-3 for all), short runs, the Mamba block half the others' size. The table
-above predates the selective scan's recomputed states (arch/linear_recurrent.py); a Mamba-only
+above predates the selective scan's recomputed states (arch/linear_scan.py); a Mamba-only
 rerun since (`--mixers mamba`, 275 s) gave adding 0.0005, copy at 50 0.998, markov 3.139 (the
 same bars) with its adding step 85 ms instead of 102.
 """

@@ -9,13 +9,13 @@ than 1x).
 Command: python -m experiments.linear_scan_speed      (about 80 s on a 2-core CPU)
          python -m experiments.linear_scan_speed --lengths 1024 4096 --complex-lengths
 
-Workload: `arch.linear_recurrent.linear_scan` on a, b [b, t, n] (b8, n256; a real with
+Workload: `arch.linear_scan.linear_scan` on a, b [b, t, n] (b8, n256; a real with
 0.9 <= |a| <= 1 and random signs, b standard normal), float32, at t = 256 / 1K / 4K / 16K, and
 complex64 (a of random phase) at the `complex_lengths`. Implementations: method "sequential"
 with unroll 1 (the reference) and 8, method "parallel". Passes: "forward" (the states h) and
 "forward+backward" (h and the vector-Jacobian products of a fixed random cotangent c with
 respect to a and b: the gradients of sum(h * c)). Every implementation and pass at one length
-runs round-robin (train/bench.py: median, min-max of `repeats` samples after a warm-up);
+runs round-robin (train/measure/bench.py: median, min-max of `repeats` samples after a warm-up);
 compile time is reported apart; memory is the compiled executable's own plan (arguments +
 outputs + temporaries, bench.memory). Outputs (and gradients) are compared with the reference's.
 
@@ -47,8 +47,8 @@ import matplotlib
 import numpy as np
 import tyro
 
-from arch.linear_recurrent import linear_scan
-from train import bench
+from arch.linear_scan import linear_scan
+from train.measure import bench
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 
 REFERENCE = "sequential"  # unroll 1

@@ -86,7 +86,7 @@ import tyro
 
 from arch import MODELS
 from arch.errors import ConfigError
-from arch.recurrent import CellName
+from arch.rnn_cells import CellName
 from train.loop import FitResult, RunConfig, fit
 from train.optim import OptimConfig, ScheduleName
 from train.report import experiment_dir, figure, format_table, save_figure, write_results

@@ -16,7 +16,7 @@ init) nearest the target (widths in steps of 4, of 8 for attention). Recurrent: 
 width = model width), "mamba" (16 states per channel, expand 2). Attention: "gpt-<kernel>"
 (decoder-only Transformer, rotary positions, heads of the width nearest 64 that divides d;
 kernel einsum / xla / blockwise; cudnn on a GPU in bfloat16 only). Quick: preset 1m, float32,
-batch 4, N = 64 new tokens, 3 samples of >= 0.05 s each. Every measurement is train/bench.py's
+batch 4, N = 64 new tokens, 3 samples of >= 0.05 s each. Every measurement is train/measure/bench.py's
 `profile` (compile apart; warm-up, then median / min / max; FLOPs counted from the jaxpr with
 scan bodies times their length; XLA's memory analysis; utilisation = counted FLOP/s over the
 measured matmul peak in the compute dtype):
@@ -78,8 +78,8 @@ from arch import MODELS
 from arch.decoding import generate
 from arch.errors import ConfigError
 from experiments._rva_report import KINDS, plot, series, table_rows
-from train import bench
-from train import flops as flop_count
+from train.measure import bench
+from train.measure import flops as flop_count
 from train.optim import OptimConfig, make_optimizer
 from train.report import experiment_dir, format_table, write_results
 from train.state import parameter_count

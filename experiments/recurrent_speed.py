@@ -1,6 +1,6 @@
 """Speed of our recurrent layer against Flax's nn.RNN and PyTorch's nn.LSTM / nn.GRU.
 
-Claim: our RNN layer (arch.recurrent.RNN, default formulation: input product fused into the
+Claim: our RNN layer (arch.rnn_layer.RNN, default formulation: input product fused into the
 scanned step, unroll 2) trains and infers at least as fast as Flax's built-in nn.RNN computing
 the same function, within the ~15% noise of a shared machine, at every length measured.
 
@@ -23,7 +23,7 @@ inference under torch.inference_mode). GRU: ours with reset_after=True is the fu
 GRUCell and PyTorch's nn.GRU compute (their update gate is the negation of ours); ours with
 reset_after=False (the default, the paper's form) is timed beside them.
 
-Ours runs with backward="auto" (arch/recurrent_scan.py: the LSTM takes the hand-written
+Ours runs with backward="auto" (arch/rnn_layer.py: the LSTM takes the hand-written
 backward pass, the GRU autodiff); "ours fused u2 autodiff" / "ours fused u2 custom" time the
 other backward pass beside it. "proto ..." rows are benchmark-only formulations that arch/ does
 not have: `concatenated_lstm` / `concatenated_gru` (one [x_t, h_{t-1}] @ W product per step).
@@ -60,9 +60,10 @@ import matplotlib
 import numpy as np
 import tyro
 
-from arch.recurrent import RNN, Backward, Cell, GRUCell, LSTMCell
-from train import bench
-from train.bench_recurrent import (
+from arch.rnn_cells import Cell, GRUCell, LSTMCell
+from arch.rnn_layer import RNN, Backward
+from train.measure import bench
+from train.measure.recurrent_layers import (
     MODES,
     Implementation,
     concatenated_gru,

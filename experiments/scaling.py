@@ -17,7 +17,7 @@ CPU; `--families gpt lstm lru` runs the LRU). Every run: Adam, one peak rate for
 warm-up then cosine decay to 0, 800 steps of 32 x 64 fresh tokens, through train.loop.fit.
 Data sizes: 16 validation points along every run, and the middle width again with 1/4 and 1/2
 of the steps (own schedules). Training FLOPs = steps x the train step's FLOPs counted from its
-jaxpr (train/flops.py: scan bodies x their length); XLA's cost analysis, which counts a scan
+jaxpr (train/measure/flops.py: scan bodies x their length); XLA's cost analysis, which counts a scan
 body once, is recorded too (LSTM: 0.06-0.15x our count). L(C) is fitted on the compute frontier
 (points no cheaper point beats) of the curves from 1/8 of each run on and the shorter runs'
 ends. scipy curve_fit in nats, E in [0, max loss]; also with E = entropy and E = 0.
@@ -58,7 +58,7 @@ from matplotlib.ticker import FormatStrFormatter
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from arch import MODELS
-from train.flops import count
+from train.measure.flops import count
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig, make_optimizer
 from train.report import experiment_dir, figure, format_table, save_figure, write_results

@@ -27,7 +27,7 @@ from helpers import (
     random_variables,
 )
 
-from arch.recurrent import RNN
+from arch.rnn_layer import RNN
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from arch.recurrent import (
-    RNN,
-    ElmanCell,
-    GRUCell,
-    LSTMCell,
-)
+from arch.rnn_cells import ElmanCell, GRUCell, LSTMCell
+from arch.rnn_layer import RNN
 
 BATCH, TIME, FEATURES, HIDDEN = 3, 6, 5, 4
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)

@@ -1,10 +1,10 @@
-"""train/bench.py: the measurement harness reports what it says it does (no timing asserts)."""
+"""train/measure/bench.py: the measurement harness reports what it says it does (no timing asserts)."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from train import bench
+from train.measure import bench
 
 
 def test_profile_reports_counts_memory_and_a_consistent_utilisation():

@@ -9,7 +9,8 @@ import pytest
 
 from arch.cudnn_lstm import cudnn_lstm, use_cudnn
 from arch.errors import ConfigError
-from arch.recurrent import RNN, GRUCell, LSTMCell
+from arch.rnn_cells import GRUCell, LSTMCell
+from arch.rnn_layer import RNN
 
 GPU = jax.default_backend() == "gpu"
 B, T, F, N = 3, 11, 5, 7

@@ -14,7 +14,7 @@ import pytest
 
 from arch.decoding import generate, sample_logits
 from arch.errors import ConfigError
-from arch.recurrent import RNNLanguageModel
+from arch.rnn import RNNLanguageModel
 from arch.transformer import EncoderDecoderTransformer
 
 VOCAB = 13

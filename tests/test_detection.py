@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from arch import MODELS, Detector
-from train.detection_metrics import (
+from train.tasks.detection_metrics import (
     average_precision,
     batched_nms,
     box_iou,

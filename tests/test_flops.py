@@ -1,12 +1,12 @@
-"""train/flops.py: loop-aware FLOP counts against XLA's own count and hand formulas."""
+"""train/measure/flops.py: loop-aware FLOP counts against XLA's own count and hand formulas."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from train.bench import cost
-from train.flops import count
+from train.measure.bench import cost
+from train.measure.flops import count
 
 W = jnp.ones((64, 32))
 X = jnp.ones((8, 64))

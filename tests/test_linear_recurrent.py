@@ -1,4 +1,4 @@
-"""Facts about arch/linear_recurrent.py: h_t = a_t * h_{t-1} + b_t, elementwise.
+"""Facts about arch/linear_scan.py: h_t = a_t * h_{t-1} + b_t, elementwise.
 
 The sequential scan against a NumPy loop in float64; sequential == parallel in values and in
 gradients at t = 4096; dtypes, broadcasting, stepping, unrolling and a bad method name.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from arch.errors import ConfigError
-from arch.linear_recurrent import SCAN_METHODS, linear_scan, linear_step, resolve_method
+from arch.linear_scan import SCAN_METHODS, linear_scan, linear_step, resolve_method
 
 BATCH, WIDTH = 2, 4
 SHORT, LONG = 16, 4096

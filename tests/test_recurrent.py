@@ -24,13 +24,9 @@ from helpers import (
 
 from arch import MODELS
 from arch.errors import ConfigError
-from arch.recurrent import (
-    RNN,
-    LSTMCell,
-    RNNClassifier,
-    RNNLanguageModel,
-    RNNTagger,
-)
+from arch.rnn import RNNClassifier, RNNLanguageModel, RNNTagger
+from arch.rnn_cells import LSTMCell
+from arch.rnn_layer import RNN
 from train.state import parameter_count
 
 # The RNN layer: hoisting, masks, reversal, unrolling, initial state.

@@ -17,9 +17,7 @@ from helpers import (
     random_variables,
 )
 
-from arch.recurrent import (
-    RNN,
-)
+from arch.rnn_layer import RNN
 
 # The textbook equations in NumPy (float64), one step at a time.
 

@@ -1,4 +1,4 @@
-"""The RNN layer's hand-written backward pass (arch/recurrent_scan.py) against autodiff.
+"""The RNN layer's hand-written backward pass (arch/rnn_layer.py) against autodiff.
 
 Legend: b batch, t time, f input features, n hidden units.
 """
@@ -12,7 +12,8 @@ import pytest
 from helpers import BATCH, CELLS, HIDDEN, TIME, random_inputs
 
 from arch.errors import ConfigError
-from arch.recurrent import RNN, GRUCell, LSTMCell
+from arch.rnn_cells import GRUCell, LSTMCell
+from arch.rnn_layer import RNN
 
 SEPARABLE = ["elman", "elman_relu", "lstm", "gru_reset_after"]
 

@@ -26,7 +26,7 @@ from arch import (
 )
 from arch.decoding import generate
 from arch.errors import ConfigError
-from arch.transformer import TransformerBlock
+from arch.transformer_layers import TransformerBlock
 
 VOCAB, D, H, F = 11, 16, 2, 32  # e = 8
 B, T, S = 2, 6, 7

@@ -1,4 +1,4 @@
-"""Deep-Transformer options (arch/transformer.py): rematerialisation per block and
+"""Deep-Transformer options (arch/transformer_layers.py): rematerialisation per block and
 scan-over-layers compute the same function and gradients as the plain stack; the scanned
 program does not grow with depth."""
 

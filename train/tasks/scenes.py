@@ -8,7 +8,7 @@ from the other 30%. Objects never overlap: boxes keep at least one empty pixel b
 so each box tightly bounds exactly its object's pixels. No two objects have their centres in
 the same grid cell, because the detector predicts one box per cell.
 
-A box is (x0, y0, x1, y1) in continuous pixel coordinates (train/detection_metrics.py): an
+A box is (x0, y0, x1, y1) in continuous pixel coordinates (train/tasks/detection_metrics.py): an
 object on pixel columns 2..5 has x0 = 2, x1 = 6. The batch:
 
     inputs   [b, n, n, 1] float32
@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from arch.errors import ConfigError
-from train.detection_metrics import Detections, batched_nms
+from train.tasks.detection_metrics import Detections, batched_nms
 from train.losses import masked_mean
 from train.tasks.base import SPLITS, Batch, DataPosition, StreamTask, require_at_least
 

@@ -1,5 +1,5 @@
 """Measuring: compile time, step time side by side, FLOPs (counted from the jaxpr, loops
-included: train/flops.py; and XLA's own cost analysis), memory (XLA's memory analysis of the
+included: train/measure/flops.py; and XLA's own cost analysis), memory (XLA's memory analysis of the
 compiled program and the device's measured peak), and the device's peak FLOP/s to express
 achieved FLOP/s as a utilisation. `profile` does all of it for one jitted function.
 
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train import flops as flop_count
+from train.measure import flops as flop_count
 
 
 @dataclasses.dataclass(frozen=True)

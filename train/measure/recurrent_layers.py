@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.recurrent import RNN, Cell
+from arch.rnn_cells import Cell
+from arch.rnn_layer import RNN
 
 MODES = ("train", "infer")  # a step is the forward pass, or value and gradient of mean(y^2)
 

@@ -1,6 +1,6 @@
 """FLOPs of a JAX function counted from its jaxpr, loops included.
 
-XLA's cost analysis (`train.bench.cost`) counts a while loop's body ONCE, whatever its trip
+XLA's cost analysis (`train.measure.bench.cost`) counts a while loop's body ONCE, whatever its trip
 count: a `jax.lax.scan` over 1000 steps of a recurrent cell is reported as one step, so a
 recurrence would look 1000x cheaper than the attention that computes the same sequence without
 a loop. This module walks the jaxpr instead and multiplies every scan body by its length, so

@@ -1,0 +1,272 @@
+"""The Transformer's layers: the block, the stack, and the body every Transformer model shares
+(arch/transformer.py holds the models).
+
+Legend: b batch, t time (target / tokens), s source positions, d model width, h heads,
+f feed-forward width, v vocabulary.
+
+A block is a residual sublayer per job: self-attention (causal in a decoder), cross-attention
+to an encoder's memory (decoder of the encoder-decoder), and the feed-forward network.
+"post" norm is the 2017 arrangement, x = LayerNorm(x + Dropout(sublayer(x))); "pre" norm,
+x = x + Dropout(sublayer(LayerNorm(x))) with a final LayerNorm after the stack, trains more
+stably as depth grows (Xiong et al. 2020) and is the default.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from arch.attention import Kernel, MultiHeadAttention
+from arch.errors import ConfigError
+from arch.layers import Activation, FeedForward, Positional
+
+Norm = Literal["pre", "post"]
+Cache = dict[str, Any]
+
+
+class TransformerBlock(nn.Module):
+    """One block: self-attention [, cross-attention], feed-forward, each residual and normed."""
+
+    features: int
+    num_heads: int
+    ffn_hidden: int
+    dropout_rate: float = 0.0
+    norm: Norm = "pre"
+    activation: Activation = "gelu"
+    cross_attention: bool = False
+    kernel: Kernel = "auto"
+    rotary: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    block_size: int = 512
+
+    def setup(self) -> None:
+        attention = functools.partial(
+            MultiHeadAttention,
+            self.features,
+            self.num_heads,
+            kernel=self.kernel,
+            block_size=self.block_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        self.self_attention = attention(rotary=self.rotary)
+        if self.cross_attention:
+            self.cross = attention()
+        self.feed_forward = FeedForward(
+            self.ffn_hidden,
+            self.features,
+            self.activation,
+            self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        count = 3 if self.cross_attention else 2
+        self.norms = [
+            nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype) for _ in range(count)
+        ]
+        self.dropout = nn.Dropout(self.dropout_rate)
+
+    def residual(
+        self, x: jax.Array, index: int, sublayer: Callable[[jax.Array], jax.Array], train: bool
+    ) -> jax.Array:
+        norm = self.norms[index]
+        if self.norm == "pre":
+            return x + self.dropout(sublayer(norm(x)), deterministic=not train)
+        return norm(x + self.dropout(sublayer(x), deterministic=not train))
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        causal: bool = False,
+        positions: jax.Array | None = None,
+        memory: jax.Array | None = None,
+        memory_mask: jax.Array | None = None,
+        train: bool = False,
+    ) -> jax.Array:
+        """x [b, t, d]; mask [b, t] (padding); memory [b, s, d], memory_mask [b, s] -> [b, t, d]."""
+        attend = lambda y: self.self_attention(
+            y, key_mask=mask, causal=causal, positions_q=positions
+        )
+        x = self.residual(x, 0, attend, train)
+        if self.cross_attention:
+            x = self.residual(x, 1, lambda y: self.cross(y, memory, key_mask=memory_mask), train)
+        return self.residual(x, -1, lambda y: self.feed_forward(y, train=train), train)
+
+    def decode_step(
+        self,
+        cache: Cache,
+        x: jax.Array,
+        index: jax.Array,
+        memory: jax.Array | None = None,
+        memory_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, Cache]:
+        """One new position `index`: x [b, 1, d] -> ([b, 1, d], this block's updated cache)."""
+        updated = {}
+
+        def attend(y: jax.Array) -> jax.Array:
+            out, updated["cache"] = self.self_attention.decode_step(cache, y, index)
+            return out
+
+        x = self.residual(x, 0, attend, train=False)
+        if self.cross_attention:
+            x = self.residual(x, 1, lambda y: self.cross(y, memory, key_mask=memory_mask), False)
+        return self.residual(x, -1, self.feed_forward, train=False), updated["cache"]
+
+
+class TransformerStack(nn.Module):
+    """`num_layers` blocks (an encoder, or a decoder with `cross_attention`), then a final
+    LayerNorm when the blocks are pre-norm.
+
+    remat: recompute each block's activations in the backward pass instead of storing them
+    (`nn.remat`, i.e. jax.checkpoint per block): memory for time. scan_layers: one block's
+    program scanned over stacked parameters [num_layers, ...] (`nn.scan`), so compile time does
+    not grow with depth; the parameters then live under `layers` with a leading layer axis, and
+    decoding with a cache needs scan_layers=False."""
+
+    num_layers: int
+    block: TransformerBlock
+    """The template of every block, made with parent=None (each layer gets a copy with its own
+    parameters: blocks_0, blocks_1, ...)."""
+    remat: bool = False
+    scan_layers: bool = False
+
+    def setup(self) -> None:
+        if self.scan_layers:
+            self.layers = self.block.clone()
+        else:
+            self.blocks = [self.block.clone() for _ in range(self.num_layers)]
+        if self.block.norm == "pre":
+            self.final_norm = nn.LayerNorm(
+                dtype=self.block.dtype, param_dtype=self.block.param_dtype
+            )
+
+    def finish(self, x: jax.Array) -> jax.Array:
+        return self.final_norm(x) if self.block.norm == "pre" else x
+
+    def __call__(self, x: jax.Array, **options: Any) -> jax.Array:
+        def run(block: TransformerBlock, x: jax.Array) -> jax.Array:
+            return block(x, **options)  # options (masks, flags) are closed over, not traced
+
+        if self.remat:
+            run = nn.remat(run)
+        if self.scan_layers:
+            scanned = nn.scan(
+                lambda block, x, _: (run(block, x), None),
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                length=self.num_layers,
+            )
+            x, _ = scanned(self.layers, x, None)
+            return self.finish(x)
+        for block in self.blocks:
+            x = run(block, x)
+        return self.finish(x)
+
+    def decode_step(
+        self, caches: list[Cache], x: jax.Array, index: jax.Array, **memory: Any
+    ) -> tuple[jax.Array, list[Cache]]:
+        if self.scan_layers:
+            raise ConfigError("decoding with a cache needs scan_layers=False")
+        new_caches = []
+        for cache, block in zip(caches, self.blocks, strict=True):
+            x, cache = block.decode_step(cache, x, index, **memory)
+            new_caches.append(cache)
+        return self.finish(x), new_caches
+
+
+class TransformerModel(nn.Module):
+    """Shared configuration of the Transformer models: sizes, norms, positions, the kernel."""
+
+    num_outputs: int = 10
+    vocab_size: int | None = None
+    """Token inputs [b, t] are embedded; None: inputs are features [b, t, f], projected to d."""
+    num_layers: int = 2
+    features: int = 64
+    """d: the model width."""
+    num_heads: int = 4
+    ffn_hidden: int | None = None
+    """f; None: 4 * features."""
+    dropout_rate: float = 0.0
+    norm: Norm = "pre"
+    activation: Activation = "gelu"
+    positional: Positional = "learned"
+    max_len: int = 512
+    """Longest sequence the learned positions cover (and the longest decoding cache)."""
+    kernel: Kernel = "auto"
+    """Attention kernel (arch/attention.py); "auto": cuDNN flash attention on a GPU in half
+    precision, the blockwise kernel from 512 keys on, else einsum (`choose_kernel`)."""
+    block_size: int = 512
+    """Queries / keys per block of the blockwise kernel: 512 measured fastest at t >= 2048,
+    128 at t = 512 (experiments/attention_speed.py)."""
+    remat: bool = False
+    """Recompute each block's activations in the backward pass (jax.checkpoint per block)."""
+    scan_layers: bool = False
+    """Scan one block over stacked parameters: compile time independent of depth."""
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.nowrap
+    def make_stack(
+        self, cross_attention: bool = False, name: str | None = None
+    ) -> TransformerStack:
+        block = TransformerBlock(
+            self.features,
+            self.num_heads,
+            self.ffn_hidden or 4 * self.features,
+            self.dropout_rate,
+            self.norm,
+            self.activation,
+            cross_attention,
+            self.kernel,
+            self.positional == "rotary",
+            self.dtype,
+            self.param_dtype,
+            self.block_size,
+            parent=None,
+        )
+        return TransformerStack(self.num_layers, block, self.remat, self.scan_layers, name=name)
+
+    @nn.nowrap
+    def make_embedding(self, vocab_size: int, name: str | None = None) -> nn.Embed:
+        return nn.Embed(
+            vocab_size,
+            self.features,
+            embedding_init=nn.initializers.normal(0.02),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """The output layer of the setup-based models: tied to `embedding`, or `output_layer`."""
+        if self.tie_embeddings:
+            return tied_logits(self.embedding, x.astype(self.dtype))  # x E^T: [b, t, v]
+        return self.output_layer(x)
+
+    @nn.nowrap
+    def head_cache(self, batch: int, max_len: int) -> list[Cache]:
+        """Empty key / value caches [b, max_len, h, e] of every decoder layer."""
+        if max_len > self.max_len and self.positional == "learned":
+            raise ConfigError(
+                f"a cache of {max_len} positions exceeds max_len {self.max_len} (the learned "
+                "positions); decode fewer tokens or train with a larger max_len"
+            )
+        shape = (batch, max_len, self.num_heads, self.features // self.num_heads)
+        zeros = lambda: jnp.zeros(shape, self.dtype)
+        return [{"key": zeros(), "value": zeros()} for _ in range(self.num_layers)]
+
+
+def tied_logits(embedding: nn.Embed, x: jax.Array) -> jax.Array:
+    """x [..., d] -> x E^T [..., v], one 2-D product over all rows (see RowDense)."""
+    rows = x.reshape(-1, x.shape[-1])  # [N, d]
+    return embedding.attend(rows).reshape(*x.shape[:-1], embedding.num_embeddings)
+
+
+def positions_of(length: int) -> jax.Array:
+    return jnp.arange(length)[None, :]  # [1, t]
