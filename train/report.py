@@ -97,3 +97,32 @@ def seed_summary(results: Sequence[FitResult], metric: str = "accuracy") -> dict
         "validation_steps": [step for step, _ in curves[0]],
         f"validation_{metric}_mean": np.mean([[v for _, v in c] for c in curves], axis=0).tolist(),
     }
+
+
+def plot_seed_summaries(rows: Sequence[dict[str, Any]], path: str, titles: tuple[str, str]) -> None:
+    """Left: test accuracy (mean ± std over seeds) against parameters; right: the mean
+    validation accuracy curves. `rows`: seed_summary's dicts, each with its "model"."""
+    fig, (left, right) = figure(1, 2, figsize=(10, 4))
+    for row in rows:
+        left.errorbar(
+            row["parameters"],
+            row["test_accuracy_mean"],
+            yerr=row["test_accuracy_std"],
+            fmt="o",
+            capsize=4,
+        )
+        left.annotate(
+            row["model"],
+            (row["parameters"], row["test_accuracy_mean"]),
+            xytext=(6, 6),
+            textcoords="offset points",
+        )
+        right.plot(
+            row["validation_steps"], row["validation_accuracy_mean"], marker=".", label=row["model"]
+        )
+    left.set(xscale="log", xlabel="parameters", ylabel="test accuracy (mean ± std over seeds)")
+    right.set(xlabel="step", ylabel="validation accuracy (mean over seeds)")
+    left.set_title(titles[0])
+    right.set_title(titles[1])
+    right.legend()
+    save_figure(fig, path, dpi=120)
