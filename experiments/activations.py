@@ -11,39 +11,24 @@ training split) at initialisation and again after training. "holds" = the first-
 Optimizer: SGD with momentum 0.9 (lr 0.01), the same for every activation. A layer's update is
 then proportional to its gradient, so vanishing gradients show up as layers that do not learn.
 Adam divides each parameter's gradient by its own running scale, which partly undoes the
-vanishing and so would blur the comparison (--optimizer adam --lr 1e-3, seed 0: sigmoid reaches
-0.18 test accuracy instead of 0.10, its trained ratio 9e-3 instead of 1e-5). lr 0.05 made ReLU
-diverge (an infinite gradient at step 926).
+vanishing and so would blur the comparison (try --optimizer adam --lr 1e-3); a much larger
+learning rate makes ReLU diverge.
 
 Command: python -m experiments.activations        (--smoke: one seed, 100 steps)
-Runtime on a 2-core CPU: about 25 s with a warm compilation cache, 45 s cold (smoke: 6-11 s).
-
-Result (3 seeds, 2000 steps, batch 64; ratios of geometric-mean norms, accuracy over seeds):
-
-    activation  first/last init  first/last trained  test acc mean  test acc min
-    sigmoid     1.1e-06          1.2e-05             0.100          0.100
-    tanh        1.36             0.40                0.974          0.970
-    relu        1.79             1.78                0.970          0.967
-
-The claim holds for sigmoid against ReLU: sigmoid's first-layer gradient is a millionth of its
-head's (about 4x smaller per layer: sigmoid' <= 1/4), and it never learns (chance accuracy),
-while ReLU's per-layer gradients stay level. "tanh in between" holds only in the letter: its
-ratio (1.36) lies between, but it is as level as ReLU's, and tanh is as accurate (0.974).
-With this initialisation tanh is near-linear around 0 and keeps its gradients.
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 
 from arch import MODELS
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import RunConfig, adapt_model, fit
 from train.optim import OptimConfig, OptimizerName, make_optimizer
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.step import apply_model, init_state
 from train.tasks import Digits
 
@@ -56,7 +41,7 @@ RATIO_FACTOR = 1e-3  # "far smaller": sigmoid's first-to-last ratio below this t
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     depth: int = 10
     """Number of hidden layers."""
     width: int = 64
@@ -65,8 +50,9 @@ class Config:
     """Seeds of the parameter initialisation (the digits split is fixed)."""
     optimizer: OptimizerName = "momentum"
     lr: float = 0.01
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def smoke_settings(self) -> dict:
+        return dict(steps=100, seeds=self.seeds[:1])
 
 
 def make_gradient_norms(model, task, layers: list[str]):
@@ -82,12 +68,7 @@ def make_gradient_norms(model, task, layers: list[str]):
     return jax.jit(gradient_norms)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(config, steps=100, seeds=config.seeds[:1])
-    start = time.perf_counter()
-    out_dir = experiment_dir("activations", config.run_dir)
+def study(config: Config, out_dir: str) -> dict:
     task = Digits()
     inputs, targets = task.data["train"]
     batch = {"inputs": inputs, "targets": targets, "mask": np.ones(len(targets), np.float32)}
@@ -132,7 +113,6 @@ def main(argv: list[str] | None = None) -> dict:
         for a in ACTIVATIONS
     ]
     results = {
-        "claim": CLAIM,
         "holds": bool(holds),
         "tanh_in_between": ratio["sigmoid"]["init"] < ratio["tanh"]["init"] < ratio["relu"]["init"],
         "criterion": f"sigmoid's init ratio ||dL/dW hidden_0|| / ||dL/dW head|| < {RATIO_FACTOR} "
@@ -143,10 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             a: {when: np.asarray(v).tolist() for when, v in n.items()} for a, n in norms.items()
         },
         "test_accuracy": accuracy,
-        "config": dataclasses.asdict(config),
-        "wall_time": time.perf_counter() - start,
     }
-    write_results(out_dir, results)
 
     fig, ax = figure(figsize=(8, 5))
     for activation, color in zip(ACTIVATIONS, ("C0", "C1", "C2"), strict=True):
@@ -165,9 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
     save_figure(fig, f"{out_dir}/gradient_norms.png", dpi=100)
 
     print(format_table(rows))
-    print(f"claim holds: {holds}; results in {out_dir} ({results['wall_time']:.1f} s)")
     return results
 
 
+EXPERIMENT = Experiment("activations", CLAIM, Config, study)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()
