@@ -19,40 +19,22 @@ IoU 0.5. The picture (detection.png) draws held-out scenes with the true boxes (
 the detections scoring >= 0.5.
 
 Command: `python -m experiments.detection` (`--steps 2500`, `--smoke`).
-Expected runtime on a 2-core CPU: about 4 minutes (249 s measured, load average about 5 from
-other jobs; 241 s of it the 2500 steps). Smoke: 10-20 s.
-
-Result (2500 Adam steps at lr 3e-3, 100 warm-up steps then cosine decay, batch 32, seed 0;
-60,809 parameters; jax 0.10.2, float32, 2-core CPU). 512 test scenes, 1,232 objects:
-
-    class      objects  AP@0.5  AP@0.75
-    square     295      1.000   0.979
-    circle     316      1.000   0.977
-    triangle   305      1.000   0.978
-    digit      316      0.994   0.674
-    mean (mAP)          0.998   0.902
-
-The claim held (holds = true): test mAP@0.5 0.998 (validation 0.996), class accuracy of the
-responsible cells 1.000. The task is easy at IoU 0.5: a 500-step probe (35 s of training)
-already reached 0.975. The boxes of the digits are the loosest (AP@0.75 0.674): their tight
-box depends on where the ink of a blocky, upscaled 8x8 digit ends, and a "1" is a narrow
-box whose width error costs much IoU.
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
 import os
-import time
 
 import jax
 import numpy as np
-import tyro
 
 from arch import MODELS
-from train.tasks.detection_metrics import mean_average_precision
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.tasks import TASKS
+from train.tasks.detection_metrics import mean_average_precision
 from train.tasks.scenes import CLASSES, detect
 
 CLAIM = (
@@ -64,7 +46,7 @@ COLOURS = ("tab:orange", "tab:cyan", "tab:pink", "tab:olive")  # one per class
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     steps: int = 2500
     batch_size: int = 32
     lr: float = 3e-3
@@ -78,10 +60,9 @@ class Config:
     """Lowest score a detection may have to be drawn."""
     evaluations: int = 5
     seed: int = 0
-    smoke: bool = False
-    """Finish in seconds: few steps, small evaluation sets."""
-    run_dir: str | None = None
-    """Where results.json, detection.png and the run go (runs/experiments/detection)."""
+
+    def smoke_settings(self) -> dict:
+        return dict(steps=20, num_eval=64, warmup_steps=5, evaluations=1)
 
 
 def predict(result, task, split: str, batch_size: int = 256) -> np.ndarray:
@@ -134,7 +115,7 @@ def plot(images, truths, detections, threshold: float, path: str, columns: int =
 def summary_line(results: dict) -> str:
     """A row for README.md's table of experiments: command, claim, result."""
     per_class = ", ".join(f"{c} {ap:.3f}" for c, ap in zip(CLASSES, results["ap"], strict=True))
-    seconds = results["total_wall_time_s"]
+    seconds = results["wall_seconds"]
     runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return (
         f"| `python -m experiments.detection` (~{runtime}) | a small YOLO-style grid detector "
@@ -147,17 +128,12 @@ def summary_line(results: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(config, steps=20, num_eval=64, warmup_steps=5, evaluations=1)
-    out = experiment_dir("detection", config.run_dir)
+def study(config: Config, out: str) -> dict:
     task = TASKS["scenes"](batch_size=config.batch_size, num_eval=config.num_eval)
     model = MODELS["detector"]()
     optim = OptimConfig(
         lr=config.lr, schedule="cosine", warmup_steps=min(config.warmup_steps, config.steps // 2)
     )
-    start = time.perf_counter()
     run = RunConfig.quiet(
         config.steps, config.evaluations, seed=config.seed, run_dir=os.path.join(out, "run")
     )
@@ -169,10 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     test, found = scores["test"]
     strict = mean_average_precision(found, truths_of(task.data["test"]), 4, iou_threshold=0.75)
     results = {
-        "claim": CLAIM,
         "criterion": f"test mAP@0.5 > {MAP_BAR}",
         "holds": bool(test["map"] > MAP_BAR),
-        "config": dataclasses.asdict(config),
         "parameters": result.summary["parameters"],
         "map": test["map"],
         "ap": test["ap"],
@@ -185,10 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "final_metrics": result.summary["final"],
         "train_time_s": result.summary["train_time"],
         "compile_time_s": result.summary["compile_time"],
-        "total_wall_time_s": time.perf_counter() - start,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     shown = 16
     plot(
         task.data["test"]["inputs"][:shown],
@@ -210,12 +181,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{results['parameters']:,} parameters, {config.steps} steps in "
         f"{results['train_time_s']:.1f} s; test class accuracy "
-        f"{test_metrics['class_accuracy']:.3f}; claim holds: {results['holds']} "
-        f"({results['total_wall_time_s']:.1f} s in all); results in {out}"
+        f"{test_metrics['class_accuracy']:.3f}"
     )
-    print(results["summary"])
     return results
 
 
+EXPERIMENT = Experiment("detection", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

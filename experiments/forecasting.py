@@ -17,53 +17,23 @@ Every training batch is freshly generated (an endless stream: nothing can be mem
 number per series.
 
 Command: `python -m experiments.forecasting` (`--smoke` finishes in seconds).
-Expected runtime on a 2-core CPU: about 50 s with a warm compilation cache, 2 minutes with a
-cold one while other jobs loaded the cores (smoke: about 5 s warm, 20-25 s cold).
-
-Result (jax 0.10.2, 2 shared CPU cores, arch/ at commit f64c721; 48.6 s in all, warm cache).
-Test MSE over the same 2048 windows, mean ± std over seeds 0 1 2; naive = last-value forecast:
-
-    series       model  params  test mse         naive mse  mse/naive  train s  examples/s
-    sines        elman  1220    0.2631 ± 0.0043  2.042      0.1288     0.90     142k
-    sines        lstm   4484    0.1835 ± 0.0051  2.042      0.0899     2.30      56k
-    sines        gru    3396    0.1950 ± 0.0034  2.042      0.0955     2.07      62k
-    sines        mlp    6532    0.1651 ± 0.0049  2.042      0.0809     0.64     201k
-    random_walk  elman  1220    2.4246 ± 0.0011  2.424      1.0002     1.00     128k
-    random_walk  lstm   4484    2.4244 ± 0.0001  2.424      1.0001     2.22      58k
-    random_walk  gru    3396    2.4243 ± 0.0002  2.424      1.0001     2.19      58k
-    random_walk  mlp    6532    2.4238 ± 0.0002  2.424      0.9999     0.53     245k
-
-The claim held (holds = true). On Sines every model cuts the naive error by 8-12x (the signal
-changes a lot over 4 steps: periods go down to 4), and the MLP on the flattened window wins:
-0.165 against the LSTM's 0.184, the GRU's 0.195 and the Elman RNN's 0.263 (every MLP seed,
-0.160-0.172, beats every LSTM seed, 0.178-0.190); it also trains 3-4x faster.
-Nobody comes near the noise floor (0.1^2 = 0.01): 2000 steps do not finish the job, and with
-a fixed 32-step window the MLP's direct view of every lag is at least as good a prior as
-recurrence; the ranking may change with more steps or longer windows, which this run did not
-test. On the random walk all four match the naive forecast to within 0.02% (the MLP's 0.9999
-is a tie, not a win: mean(f^2 - 2 f y) over 2048 windows fluctuates by about that much), so
-every model learned to predict "no change" and none invented structure. An earlier run with the
-recurrent init before f64c721 (one orthogonal matrix split across the gates) gave the same
-picture (sines: mlp 0.165, lstm 0.178, gru 0.191, elman 0.266).
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
 import os
-import time
 
 import numpy as np
-import tyro
 
 from arch import MODELS
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.optim import OptimConfig
 from train.report import (
-    experiment_dir,
     figure,
     fit_seeds,
     format_table,
     save_figure,
     seed_summary,
-    write_results,
 )
 from train.tasks import TASKS
 
@@ -78,7 +48,7 @@ RANDOM_WALK_RANGE = (0.98, 1.10)  # allowed test MSE / naive MSE on the random w
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     window: int = 32
     horizon: int = 4
     hidden_size: int = 32
@@ -93,10 +63,9 @@ class Config:
     """Seeds of the parameter initialisation (the data of each series is fixed)."""
     num_eval: int = 2048
     """Windows in each evaluation split (more: a sharper comparison with the naive forecast)."""
-    smoke: bool = False
-    """Finish in seconds: few steps, one seed."""
-    run_dir: str | None = None
-    """Where results.json, the plot and the run directories go (runs/experiments/forecasting)."""
+
+    def smoke_settings(self) -> dict:
+        return dict(steps=30, seeds=self.seeds[:1], num_eval=256)
 
 
 def models(config: Config) -> dict:
@@ -157,12 +126,7 @@ def plot(rows: list[dict], names: list[str], path: str) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(config, steps=30, seeds=config.seeds[:1], num_eval=256)
-    out = experiment_dir("forecasting", config.run_dir)
-    start = time.perf_counter()
+def study(config: Config, out: str) -> dict:
     forecasters = models(config)
     rows = []
     for series in SERIES:
@@ -185,7 +149,6 @@ def main(argv: list[str] | None = None) -> dict:
     walk_matches_naive = all(low <= r["mse_over_naive"] <= high for r in per_series["random_walk"])
     holds = sines_beat_naive and walk_matches_naive
     results = {
-        "claim": CLAIM,
         "holds": bool(holds),
         "criterion": "sines: every model's mean test MSE < naive MSE; random walk: every "
         f"model's mean test MSE / naive MSE in [{low}, {high}]",
@@ -193,11 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         "random_walk_all_match_naive": bool(walk_matches_naive),
         "best_model": best,
         "runner_up_over_best": margin,
-        "config": dataclasses.asdict(config),
         "models": rows,
-        "total_wall_time_s": time.perf_counter() - start,
     }
-    write_results(out, results)
     plot(rows, list(forecasters), os.path.join(out, "forecasting.png"))
     table = [
         {
@@ -215,9 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(table))
     for series in SERIES:
         print(f"best on {series}: {best[series]} (runner-up / best MSE {margin[series]:.4f})")
-    print(f"claim holds: {holds} ({results['total_wall_time_s']:.1f} s in all); results in {out}")
     return results
 
 
+EXPERIMENT = Experiment("forecasting", CLAIM, Config, study)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

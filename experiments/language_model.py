@@ -46,19 +46,18 @@ numbers), not because the models are the same.
 import dataclasses
 import math
 import os
-import time
 from typing import Any, Literal
 
 import jax
 import numpy as np
-import tyro
 
 from arch import MODELS
 from arch.decoding import generate
 from arch.errors import ConfigError
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import FitResult, RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.tasks import MarkovLanguage
 
 CLAIM = (
@@ -70,7 +69,7 @@ PRINTED_CHARACTERS = 64  # of each continuation (results.json keeps them whole)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     cells: tuple[Literal["lstm", "gru", "elman"], ...] = ("lstm", "gru", "elman")
     """Cells to train; the claim is about the LSTM, which must be among them."""
     hidden_size: int = 128
@@ -97,11 +96,10 @@ class Config:
     evaluations: int = 10
     """Validation evaluations per run (the curves of the plot)."""
     seed: int = 0
-    smoke: bool = False
-    """Finish in seconds: a tiny model, few steps, short sequences."""
-    run_dir: str | None = None
-    """Where results.json, the plot and a sub-directory per run go
-    (runs/experiments/language_model)."""
+
+    def smoke_settings(self) -> dict:
+        return dict(hidden_size=16, embed_size=8, steps=20, length=32, num_eval=16, sample_tokens=32, num_samples=4, evaluations=2)
+
 
 
 def unigram_entropy_bits(task: MarkovLanguage) -> float:
@@ -205,25 +203,11 @@ def plot(rows: list[dict], references: dict[str, float], path: str) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(
-            config,
-            hidden_size=16,
-            embed_size=8,
-            steps=20,
-            length=32,
-            num_eval=16,
-            sample_tokens=32,
-            num_samples=4,
-            evaluations=2,
-        )
+def study(config: Config, out: str) -> dict:
     if "lstm" not in config.cells:
         raise ConfigError(
             f"the claim is about the LSTM: --cells must include lstm, got {config.cells}"
         )
-    out = experiment_dir("language_model", config.run_dir)
     task = MarkovLanguage(
         batch_size=config.batch_size,
         seed=config.seed,
@@ -239,23 +223,18 @@ def main(argv: list[str] | None = None) -> dict:
         "unigram entropy": unigram_entropy_bits(task),
         "log2(vocab)": math.log2(config.vocab_size),
     }
-    start = time.perf_counter()
     rows = [train_model(cell, task, config, out) for cell in config.cells]
     lstm = next(row for row in rows if row["model"] == "lstm")
     results = {
-        "claim": CLAIM,
         "holds": bool(lstm["gap_bits"] < MAX_GAP_BITS),
         "criterion": f"LSTM test bits/char - entropy rate < {MAX_GAP_BITS}",
-        "config": dataclasses.asdict(config),
         "entropy_rate_bits": references["entropy rate"],
         "unigram_entropy_bits": references["unigram entropy"],
         "log2_vocab_bits": references["log2(vocab)"],
         "source_test_bits_per_char": task.source_bits_per_char("test"),
         "lstm_gap_bits": lstm["gap_bits"],
         "models": rows,
-        "total_wall_time_s": time.perf_counter() - start,
     }
-    write_results(out, results)
     plot(rows, references, os.path.join(out, "language_model.png"))
     table = [
         {
@@ -286,12 +265,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['model']:5}  prompt   {samples['prompt']}")
         print(f"{r['model']:5}  greedy   {shorten(samples['greedy'])}")
         print(f"{r['model']:5}  sampled  {shorten(samples['sampled'])}")
-    print(
-        f"LSTM gap to the entropy rate: {lstm['gap_bits']:.4f} bits/char; claim holds: "
-        f"{results['holds']} ({results['total_wall_time_s']:.1f} s in all); results in {out}"
-    )
     return results
 
 
+EXPERIMENT = Experiment("language_model", CLAIM, Config, study)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

@@ -90,16 +90,14 @@ same bars) with its adding step 85 ms instead of 102.
 
 import dataclasses
 import os
-import time
 from typing import Any
-
-import tyro
 
 from arch import MODELS
 from arch.linear_rnn import Mixer
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.tasks import TASKS, MarkovLanguage
 
 CLAIM = (
@@ -116,7 +114,7 @@ LINEAR = ("lru", "mingru", "minlstm", "mamba")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     mixers: tuple[Mixer, ...] = LINEAR
     linear_layers: int = 2
     """Blocks per linear-recurrence model. One block cannot multiply two inputs before its
@@ -151,10 +149,10 @@ class Config:
     clip_norm: float = 1.0
     evaluations: int = 5
     seed: int = 0
-    smoke: bool = False
-    """Finish in seconds: short sequences, tiny models, few steps (the numbers mean nothing)."""
-    run_dir: str | None = None
-    """Where results.json, the plot and a sub-directory per run go."""
+
+    def smoke_settings(self) -> dict:
+        return dict(linear_layers=1, features=16, state_size=8, mamba_features=8, mamba_state_size=4, lstm_hidden=16, embed_size=8, transformer_features=16, transformer_heads=2, adding_length=8, adding_steps=10, copy_delays=(2,), copy_length=3, copy_steps=10, markov_length=16, markov_steps=10, evaluations=1)
+
 
 
 def models(kind: str, config: Config, max_len: int) -> dict[str, Any]:
@@ -249,7 +247,7 @@ def summary_line(results: dict) -> str:
         found = [r for r in rows if r["task"] == task and r["setting"] == setting]
         return ", ".join(f"{r['model']} {r['value']:{fmt}}" for r in found)
 
-    seconds = results["total_wall_time_s"]
+    seconds = results["wall_seconds"]
     runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return (
         f"| `python -m experiments.linear_recurrences` (~{runtime}) | LRU, minGRU, minLSTM and "
@@ -295,31 +293,7 @@ def plot(rows: list[dict], config: Config, entropy_rate: float, path: str) -> No
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(
-            config,
-            linear_layers=1,
-            features=16,
-            state_size=8,
-            mamba_features=8,
-            mamba_state_size=4,
-            lstm_hidden=16,
-            embed_size=8,
-            transformer_features=16,
-            transformer_heads=2,
-            adding_length=8,
-            adding_steps=10,
-            copy_delays=(2,),
-            copy_length=3,
-            copy_steps=10,
-            markov_length=16,
-            markov_steps=10,
-            evaluations=1,
-        )
-    out = experiment_dir("linear_recurrences", config.run_dir)
-    start = time.perf_counter()
+def study(config: Config, out: str) -> dict:
     markov = MarkovLanguage(
         batch_size=config.batch_size, seed=config.seed, length=config.markov_length
     )
@@ -350,14 +324,12 @@ def main(argv: list[str] | None = None) -> dict:
     passed = verdict(rows, config, markov.entropy_rate_bits)
     linear_passing = [m for m in config.mixers if all(passed.get(m, {"-": False}).values())]
     results = {
-        "claim": CLAIM,
         "holds": len(linear_passing) == len(config.mixers) == len(LINEAR),
         "criterion": (
             f"every linear-recurrence model: adding test MSE < {SOLVED_MSE}, copy accuracy at "
             f"the longest delay > {COPIED_ACCURACY}, markov bits/char - entropy rate < "
             f"{MAX_GAP_BITS}"
         ),
-        "config": dataclasses.asdict(config),
         "baselines": {
             "adding_mean_predictor_mse": MEAN_PREDICTOR_MSE,
             "copy_chance_accuracy": 1.0 / config.num_symbols,
@@ -366,10 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         "passed": passed,
         "linear_models_passing": linear_passing,
         "runs": rows,
-        "total_wall_time_s": time.perf_counter() - start,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     plot(rows, config, markov.entropy_rate_bits, os.path.join(out, "linear_recurrences.png"))
     table = [
         {
@@ -388,12 +357,11 @@ def main(argv: list[str] | None = None) -> dict:
     columns += ["train s", "step ms", "tokens/s"]
     print(format_table([{c: t.get(c, "") for c in columns} for t in table], columns))
     print(f"bars passed: {passed}")
-    print(
-        f"claim holds: {results['holds']} ({results['total_wall_time_s']:.1f} s); results in {out}"
-    )
-    print(results["summary"])
     return results
 
 
+EXPERIMENT = Experiment("linear_recurrences", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

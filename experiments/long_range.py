@@ -16,80 +16,22 @@ global norm 1, batch 32, 3000 steps, one seed; every batch is freshly generated,
 sequences are fixed.
 
 Command: `python -m experiments.long_range` (`--adding-lengths 50 200 500` adds length 500,
-about 6 more minutes; `--schedule cosine`; `--smoke` finishes in seconds). Expected runtime on
-a 2-core CPU: 5-6 minutes with a warm compilation cache while other jobs loaded the cores
-(load ~3-4), 10 minutes at load ~7.5 with a cold cache; smoke 3 s warm, 13 s cold.
-
-Result (jax 0.10.2, 2 shared CPU cores, arch/ at commit f64c721; 326 s in all; 3000 steps per
-run, seed 0). Test metrics over 512 fixed sequences; "best val" is the best of the 10
-validation evaluations during the run:
-
-    adding  length  cell   test mse   best val mse  params  step ms
-            50      elman  0.092      0.078         4353     1.2
-            50      lstm   0.0026     0.00035       17217    3.3
-            50      gru    0.00024    0.00013       12929    2.2
-            200     elman  0.178      0.158         4353     3.6
-            200     lstm   0.00063    0.00064       17217   11.7
-            200     gru    0.00013    0.00012       12929    7.9
-    copy    delay   cell   test acc   test seq acc  params  step ms   (chance 0.125)
-            10      elman  1.000      1.000         9546     0.9
-            10      lstm   0.998      0.990         34314    2.1
-            10      gru    1.000      1.000         26058    2.0
-            25      elman  0.970      0.867         9546     1.5
-            25      lstm   0.990      0.953         34314    3.9
-            25      gru    1.000      1.000         26058    2.9
-            50      elman  0.147      0             9546     2.8
-            50      lstm   0.125      0             34314    6.1
-            50      gru    0.990      0.951         26058    4.6
-            200     elman  0.127      0             9546     8.2
-            200     lstm   0.125      0             34314   20.2
-            200     gru    0.670      0.082         26058   15.7
-
-The claim as judged held (holds = true): at adding length 200 the LSTM (6.3e-4) and the GRU
-(1.3e-4) solve the problem and the Elman RNN never leaves the mean predictor (0.178; its
-validation MSE stayed in 0.158-0.182). The GRU left the plateau within 300 steps, the LSTM
-after about 1000 (validation MSE 0.154 at step 900, 0.054 at 1200). At length 50 the Elman
-RNN half learns (validation MSE oscillating 0.08-0.17). Length 500 (run separately with
-`--adding-lengths 500 --bar-length 500 --copy-delays`, 6 min): Elman 0.172, LSTM 0.0031 (it
-left the plateau only between steps 2100 and 2400, so 3000 steps barely suffice), GRU 1.2e-4
-(by step 600); step time 11 / 60 / 44 ms for Elman / LSTM / GRU at load ~5.
-
-The copy task only partly agrees. The Elman RNN copies perfectly at delay 10 and nearly so at
-25 (0.97), and is at chance from 50 on, as claimed. The GRU copies to delay 50 (0.99) and is
-well above chance at 200 (0.67, still rising at step 3000). The LSTM copies to delay 25 but is
-at chance at 50 and 200: within 3000 steps it never leaves the plateau (probes with lr 1e-3 for
-3000 steps, batch 128, or hidden size 128 at delay 50 did not leave it either; the copy task's
-plateau for LSTMs is well known, Arjovsky et al. 2016). So "LSTM and GRU succeed at long range"
-holds for the adding problem, and for the copy task only for the GRU and only to delay 50.
-
-GRU against LSTM: the GRU has 0.75x the parameters (12929 vs 17217 on adding, 26058 vs 34314
-on copy), takes 0.76x the step time (geometric mean over the 6 settings; 0.67-0.93x), and was
-at least as accurate at every setting, by far on copy at delays 50 and 200.
-
-Caveats. One seed, and the outcome of the slow settings is sensitive to the initialisation:
-with the recurrent init before commit f64c721 (one orthogonal matrix split across the gates)
-the same command gave the same adding verdict (LSTM 5.8e-4, GRU 1.5e-3, Elman 0.177) but a
-different copy picture (Elman at chance already at delay 25; LSTM 0.987 at 25 and 0.277 at 50;
-GRU 0.859 at 50 and chance at 200). `--schedule cosine` (decay to 0 after the warm-up): adding
-verdict unchanged (LSTM 1.1e-3, GRU 2.3e-4, Elman 0.163; Elman at 50: 0.057), but the gated
-cells copy worse at long delays because the learning rate has decayed before they leave the
-plateau (delay 25: LSTM 0.891; delay 50: GRU 0.763, LSTM 0.224; delay 200: GRU 0.394), hence
-the constant default.
+about 6 more minutes; `--schedule cosine`; `--smoke` finishes in seconds).
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
 import os
-import time
 
 import numpy as np
-import tyro
 
 from arch import MODELS
 from arch.errors import ConfigError
 from arch.rnn_cells import CellName
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import FitResult, RunConfig, fit
 from train.optim import OptimConfig, ScheduleName
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.tasks import TASKS
 
 CLAIM = (
@@ -103,7 +45,7 @@ MEAN_PREDICTOR_MSE = 1.0 / 6.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     cells: tuple[CellName, ...] = ("elman", "lstm", "gru")
     hidden_size: int = 64
     """The same for every cell (so the LSTM has the most parameters: 4 gates to Elman's 1)."""
@@ -127,10 +69,17 @@ class Config:
     seed: int = 0
     evaluations: int = 10
     """Validation evaluations per run (the learning curves in results.json)."""
-    smoke: bool = False
-    """Finish in seconds: short sequences, few steps (the numbers mean nothing)."""
-    run_dir: str | None = None
-    """Where results.json, the plot and a sub-directory per run go (runs/experiments/long_range)."""
+
+    def smoke_settings(self) -> dict:
+        return dict(
+            adding_lengths=(8,),
+            bar_length=8,
+            copy_delays=(2,),
+            copy_length=3,
+            adding_steps=30,
+            copy_steps=30,
+            evaluations=2,
+        )
 
 
 def train(model_name: str, cell: str, task, steps: int, config: Config, run_dir: str) -> dict:
@@ -276,25 +225,11 @@ def print_tables(adding: list[dict], copy: list[dict], gru_lstm: dict) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(
-            config,
-            adding_lengths=(8,),
-            bar_length=8,
-            copy_delays=(2,),
-            copy_length=3,
-            adding_steps=30,
-            copy_steps=30,
-            evaluations=2,
-        )
+def study(config: Config, out: str) -> dict:
     if config.bar_length not in config.adding_lengths:
         raise ConfigError(
             f"bar_length {config.bar_length} must be one of adding_lengths {config.adding_lengths}"
         )
-    out = experiment_dir("long_range", config.run_dir)
-    start = time.perf_counter()
     adding, copy = [], []
     for length in config.adding_lengths:
         task = TASKS["adding"](batch_size=config.batch_size, length=length)
@@ -321,11 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
         and at_bar["elman"] > FAILED_MSE
     )
     results = {
-        "claim": CLAIM,
         "holds": bool(holds),
         "criterion": f"adding at length {config.bar_length}: LSTM and GRU test MSE < {SOLVED_MSE} "
         f"and Elman test MSE > {FAILED_MSE}",
-        "config": dataclasses.asdict(config),
         "baselines": {
             "adding_mean_predictor_mse": MEAN_PREDICTOR_MSE,
             "copy_chance_accuracy": 1.0 / config.num_symbols,
@@ -334,14 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
         "adding": adding,
         "copy": copy,
         "gru_vs_lstm": gru_vs_lstm(adding, copy),
-        "total_wall_time_s": time.perf_counter() - start,
     }
-    write_results(out, results)
     plot(adding, copy, config, os.path.join(out, "long_range.png"))
     print_tables(adding, copy, results["gru_vs_lstm"])
-    print(f"claim holds: {holds} ({results['total_wall_time_s']:.1f} s in all); results in {out}")
     return results
 
 
+EXPERIMENT = Experiment("long_range", CLAIM, Config, study)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

@@ -61,25 +61,22 @@ sorted, so longer training helps rotary but did not close the gap in 3000 steps.
 
 import dataclasses
 import os
-import time
 from typing import Literal
 
 import numpy as np
-import tyro
 
 from arch import MODELS
 from arch.errors import ConfigError
 from arch.layers import Positional
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import FitResult
 from train.optim import OptimConfig
 from train.report import (
-    experiment_dir,
     figure,
     fit_seeds,
     format_table,
     save_figure,
     seed_summary,
-    write_results,
 )
 from train.tasks import TASKS
 
@@ -98,7 +95,7 @@ TaskName = Literal["sorted", "reverse"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     encodings: tuple[Positional, ...] = ("none", "sinusoidal", "learned", "rotary")
     """Positional encodings to train; "none" and at least one other are needed."""
     tasks: tuple[TaskName, ...] = ("sorted", "reverse")
@@ -120,11 +117,10 @@ class Config:
     """Validation evaluations per run (the curves of the plot)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of initialisation (the tasks' data and test sets stay fixed)."""
-    smoke: bool = False
-    """Finish in seconds: a tiny model, few steps."""
-    run_dir: str | None = None
-    """Where results.json, the plot and a sub-directory per run go
-    (runs/experiments/positional_encoding)."""
+
+    def smoke_settings(self) -> dict:
+        return dict(features=16, num_layers=1, steps=20, warmup_steps=5, evaluations=2, seeds=self.seeds[:1])
+
 
 
 def make_task(name: TaskName, config: Config):
@@ -220,7 +216,7 @@ def summary_line(results: dict) -> str:
             f"{name} ({MODEL_OF_TASK[name]}, order-blind level {level:.3f}): {accuracies} "
             f"({verdict})"
         )
-    seconds, config = results["total_wall_time_s"], results["config"]
+    seconds, config = results["wall_seconds"], results["config"]
     runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return (
         f"| `python -m experiments.positional_encoding` (~{runtime}) | without positions a "
@@ -273,18 +269,7 @@ def plot(results: dict, path: str) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(
-            config,
-            features=16,
-            num_layers=1,
-            steps=20,
-            warmup_steps=5,
-            evaluations=2,
-            seeds=config.seeds[:1],
-        )
+def study(config: Config, out: str) -> dict:
     if "none" not in config.encodings or len(set(config.encodings)) < 2:
         raise ConfigError(
             f"the claim compares no positions with positions: --encodings must include none and "
@@ -292,8 +277,6 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if config.reverse_length % 2:
         raise ConfigError(f"--reverse-length must be even, got {config.reverse_length}")
-    out = experiment_dir("positional_encoding", config.run_dir)
-    start = time.perf_counter()
     runs, levels = [], {}
     for name in config.tasks:
         task = make_task(name, config)
@@ -304,19 +287,14 @@ def main(argv: list[str] | None = None) -> dict:
         for name, level in levels.items()
     }
     results = {
-        "claim": CLAIM,
         "holds": all(holds_per_task.values()),
         "holds_per_task": holds_per_task,
         "criterion": f"per task: 'none' test accuracy < order-blind level + {BLIND_MARGIN}, "
         f"every other encoding >= {SOLVED}",
-        "config": dataclasses.asdict(config),
         "order_blind_level": levels,
         "guessing": 1 / config.vocab_size,
         "runs": runs,
-        "total_wall_time_s": time.perf_counter() - start,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     plot(results, os.path.join(out, "positional_encoding.png"))
     table = [
         {
@@ -339,13 +317,11 @@ def main(argv: list[str] | None = None) -> dict:
         if r["per_position_accuracy"] is not None:
             accuracies = " ".join(f"{a:.2f}" for a in r["per_position_accuracy"])
             print(f"{r['task']} {r['positional']:10}  accuracy per position: {accuracies}")
-    print(
-        f"claim holds: {results['holds']} {holds_per_task} "
-        f"({results['total_wall_time_s']:.1f} s in all); results in {out}"
-    )
-    print(results["summary"])
     return results
 
 
+EXPERIMENT = Experiment("positional_encoding", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

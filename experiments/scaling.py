@@ -58,8 +58,8 @@ from matplotlib.ticker import FormatStrFormatter
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from arch import MODELS
-from train.measure.flops import count
 from train.loop import RunConfig, fit
+from train.measure.flops import count
 from train.optim import OptimConfig, make_optimizer
 from train.report import experiment_dir, figure, format_table, save_figure, write_results
 from train.step import init_state, make_train_step

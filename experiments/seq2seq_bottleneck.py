@@ -55,13 +55,13 @@ import time
 
 import jax
 import numpy as np
-import tyro
 
 from arch import MODELS
 from arch.errors import ConfigError
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.tasks import TASKS
 from train.tasks.translation import BOS, PAD
 
@@ -76,7 +76,7 @@ HOLDS = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     lengths: tuple[int, ...] = (5, 10, 20, 30, 40, 60)
     """Source lengths of the test sets."""
     min_length: int = 3
@@ -101,9 +101,6 @@ class Config:
     """Test sentences per source length."""
     heatmap_length: int = 20
     seed: int = 0
-    smoke: bool = False
-    run_dir: str | None = None
-    """Where results.json and the plots go (runs/experiments/seq2seq_bottleneck)."""
 
 
 def make_models(config: Config, max_length: int) -> dict:
@@ -157,7 +154,6 @@ def train_and_measure(name: str, model, task, config: Config, out: str) -> tuple
         config.steps, 4, seed=config.seed, eval_batch_size=256, run_dir=os.path.join(out, name)
     )
     result = fit(model, task, optim, run)
-    start = time.perf_counter()
     by_length = {}
     for length in config.lengths:
         inputs, targets, mask = task.length_split(length, config.num_eval)
@@ -202,7 +198,7 @@ def summary_line(results: dict) -> str:
         + f", test BLEU {r['test_decoded']['bleu']:.1f}"
         for r in results["runs"]
     )
-    seconds = results["total_wall_time_s"]
+    seconds = results["wall_seconds"]
     runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return (
         f"| `python -m experiments.seq2seq_bottleneck` (~{runtime}) | without attention a GRU "
@@ -238,8 +234,7 @@ def plot(results: dict, out: str) -> None:
     save_figure(fig, os.path.join(out, "attention.png"))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
+def study(config: Config, out: str) -> dict:
     if list(config.lengths) != sorted(set(config.lengths)) or len(config.lengths) < 2:
         raise ConfigError(
             f"--lengths must be at least two increasing lengths, got {config.lengths}"
@@ -264,7 +259,6 @@ def main(argv: list[str] | None = None) -> dict:
             num_eval=8,
             heatmap_length=4,
         )
-    out = experiment_dir("seq2seq_bottleneck", config.run_dir)
     start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     task = TASKS["translation"](
         batch_size=config.batch_size,
@@ -283,19 +277,14 @@ def main(argv: list[str] | None = None) -> dict:
     per_model = verdicts(runs)
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     results = {
-        "claim": CLAIM,
         "holds": all(per_model.values()),
         "holds_per_model": per_model,
         "criterion": f"no attention: exact match at the longest length < {FALLS} x the "
         f"shortest; attention: >= {HOLDS} x the shortest",
-        "config": dataclasses.asdict(config),
         "runs": runs,
         "attention": attention,
-        "total_wall_time_s": time.perf_counter() - start,
         "total_cpu_time_s": cpu.ru_utime + cpu.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     plot(results, out)
     table = [
         {
@@ -309,15 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
         for r in runs
     ]
     print(format_table(table))
-    print(
-        f"anti-diagonal attention mass at length {attention['length']}: "
-        f"{attention['anti_diagonal_mass']:.3f}; claim holds: {results['holds']} {per_model} "
-        f"({results['total_wall_time_s']:.0f} s wall, {results['total_cpu_time_s']:.0f} s CPU); "
-        f"results in {out}"
-    )
-    print(results["summary"])
     return results
 
 
+EXPERIMENT = Experiment("seq2seq_bottleneck", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

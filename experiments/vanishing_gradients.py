@@ -33,61 +33,23 @@ as "holds_at_init" (not part of "holds").
 
 Command: python -m experiments.vanishing_gradients
          (--smoke: one seed, 30 Adam steps per model, 50 SGD steps per clipping run)
-Runtime on a 2-core CPU: 2.5 minutes measured with the machine shared (load ~8; 85 s of CPU
-time), so about 1.5 minutes on a quiet one (smoke: 20-25 s shared, 13 s of CPU time).
-
-Result (2026-11-21, jax 0.10.2 CPU, float32, seeds 0 1 2; all numbers from results.json; 73 s
-on a quiet 2-core CPU; re-measured after the recurrent kernels became one orthogonal block per
-gate):
-
-    model  ratio init  ratio trained  decay/step init  decay/step trained  test mse
-    elman  1.1e-10     <= 2.5e-28     0.79             0.68 (k < 83)       0.149
-    lstm   1.8e-04     0.14           0.92             0.988               0.0055
-    gru    5.7e-13     0.068          0.76             0.989               0.0015
-
-The claim holds (holds = true) for trained models: Elman's gradient falls by a factor 0.68 per
-step and underflows float32 for some sequences from k = 83 on (its trained ratio is an upper
-bound); trained LSTM and GRU keep 14% and 7% of it across all 99 steps (0.99 per step), and
-they solve the adding problem (test mse 0.0055 and 0.0015 against 0.167 for predicting the
-mean), which Elman does not (0.149). It does not hold at initialisation (holds_at_init =
-false): LSTM (forget bias 1) already decays far slower than Elman there, but GRU (update gate
-z ~ 1/2) decays faster than Elman (6e-13 against 1e-10 over 99 steps). The gated architectures
-do not keep gradients by construction; they can learn gates that do, and training on a task
-that needs memory made them do it (the gates themselves were not measured here).
-
-Scalar: w = 4 gives 4^99 = 4.0e59 at k = 99 and w = 0.2 gives 6.3e-70, equal to w**k to
-4e-16 in float64; in float32 the w = 4 gradient is inf from k = 64 and the w = 0.2 one is 0
-from k = 55. With tanh, w = 4 saturates the unit (tanh' ~ 5e-4) and its gradient vanishes
-instead (4.5e-271 at k = 99); w = 0.2 falls to 4.0e-90.
-
-Clipping (recurrent kernel x1.5, SGD lr 0.05): all three unclipped runs diverged, at steps 33,
-35 and 9 (the logged loss of the first two reached 1e28-1e32 and the gradient norm 1e14-1e17;
-the third diverged before its first log); all three clipped runs finished (test mse 0.167,
-0.186, 0.193), as did the controls at the default scale (0.158-0.161). No Elman run learns the
-task at T = 100. Read with care: the scaled kernel's loss gradient at initialisation is
-ordinary (11-25, the default's 7-21): the explosion comes within a few dozen steps, once
-unclipped steps have pushed the weights over the edge. The clipped runs' logged gradient norms
-stayed below 11, so clipping worked as a cap on the step size that kept training away from
-that region. (Under the earlier initialisation, a side run found that unclipped SGD at lr 0.03
-also survived at this scale, and that with the kernel x2 clipped runs stayed finite but stuck
-at a loss worse than predicting the mean: clipping prevents the NaN, not chaotic dynamics.)
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tyro
 
 from arch import MODELS
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import NonFiniteError, RunConfig, adapt_model, fit
 from train.optim import OptimConfig, make_optimizer
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.step import init_state, merge_params
 from train.tasks import Adding
 
@@ -105,7 +67,7 @@ FLOOR = float(np.finfo(np.float32).tiny)  # norms below float32's smallest norma
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     length: int = 100
     """Sequence length T of the adding problem (and of the scalar recurrence)."""
     hidden_size: int = 64
@@ -125,8 +87,9 @@ class Config:
     """Plain SGD learning rate of the clipping comparison."""
     explode_clip_norm: float = 1.0
     explode_steps: int = 1000
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def smoke_settings(self) -> dict:
+        return dict(steps=30, explode_steps=50, seeds=self.seeds[:1])
 
 
 def scalar_gradients(w: float, length: int, activation: str, dtype: str) -> np.ndarray:
@@ -245,12 +208,7 @@ def clipping_comparison(config: Config, task: Adding, out_dir: str) -> dict[str,
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(config, steps=30, explode_steps=50, seeds=config.seeds[:1])
-    start = time.perf_counter()
-    out_dir = experiment_dir("vanishing_gradients", config.run_dir)
+def study(config: Config, out_dir: str) -> dict:
     distances = np.arange(config.length)
 
     scalar = {}
@@ -300,7 +258,6 @@ def main(argv: list[str] | None = None) -> dict:
     holds = gradient_claim("trained") and clipping_holds
 
     results = {
-        "claim": CLAIM,
         "holds": bool(holds),
         "criterion": f"after training, elman's ratio ||dh_T/dx_t|| at distance "
         f"{config.length - 1} over distance 0 < {VANISHED:g}, and lstm's and gru's ratios each "
@@ -317,10 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_mse": test_mse,
         "scalar": scalar,
         "clipping": clipping,
-        "config": dataclasses.asdict(config),
-        "wall_time": time.perf_counter() - start,
     }
-    write_results(out_dir, results)
 
     fig, (ax_scalar, ax_models, ax_clip) = figure(1, 3, figsize=(17, 4.8))
     for (w, values), color in zip(scalar.items(), ("C3", "C0", "C1", "C4"), strict=False):
@@ -403,9 +357,11 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     print(format_table(model_rows))
     print(format_table(clipping_rows))
-    print(f"claim holds: {holds}; results in {out_dir} ({results['wall_time']:.1f} s)")
     return results
 
 
+EXPERIMENT = Experiment("vanishing_gradients", CLAIM, Config, study)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()
