@@ -32,60 +32,7 @@ Command: `python -m experiments.linear_recurrences` (`--adding-steps`, `--copy-s
 models). Runtime on a quiet 2-core CPU: about 8 minutes (496 s measured). The step counts
 (1000 adding, 800 copy per delay, 600 markov) are what fits in 8 minutes, not what every task
 needs.
-
-Result (2026-11-21, jax 0.10.2, float32, 2 CPU cores, quiet, seed 0, one run; test sets of
-512 / 512 / 256 fixed sequences; "step ms" and tokens/s over the training steps only):
-
-    task    setting    model        metric       params  train s  step ms  tokens/s
-    adding  length 200 lru          mse 0.170    47,521  45.1     45.1     141,909
-                       mingru       mse 0.00136  42,913  41.2     41.2     155,417
-                       minlstm      mse 0.00137  47,617  40.8     40.8     156,826
-                       mamba        mse 0.00185  24,289 101.8    101.8      62,886
-                       lstm         mse 0.167    38,113  25.0     25.0     255,995
-                       transformer  mse 0.00022  38,161  53.2     53.2     120,370
-    copy    delay 10   lru / mingru / minlstm / mamba / lstm / bert:
-                       acc 1.000 / 0.847 / 0.914 / 1.000 / 0.871 / 1.000
-    copy    delay 50   lru          acc 1.000    48,298   4.8      6.0     327,862
-                       mingru       acc 0.333    43,690   3.7      4.7     417,218
-                       minlstm      acc 0.596    48,394   4.2      5.3     369,229
-                       mamba        acc 1.000    24,682  24.3     30.4      64,203
-                       lstm         acc 0.121    50,826   4.8      6.0     325,072
-                       bert         acc 1.000    62,506  13.5     16.9     115,678
-    markov  length 64  lru          bits 3.119   48,880   4.3      7.1     288,510
-                       mingru       bits 3.185   44,272   3.0      5.1     405,576
-                       minlstm      bits 3.186   48,976   3.6      5.9     345,140
-                       mamba        bits 3.139   24,976  20.7     34.5      59,378
-                       lstm         bits 3.173   51,600   3.7      6.1     334,235
-                       gpt          bits 3.155   57,408   8.5     14.2     143,990
-
-Entropy rate 3.043 bits/char; copy chance 0.125. The claim as judged FAILS (holds = false):
-only the Mamba-style SSM cleared all three bars, with half the parameters, at 2.5-5x the step
-time of the other recurrences. Per task:
-
-- Adding, length 200, 1000 steps: minGRU (0.0014), minLSTM (0.0014), Mamba (0.0018) and the
-  Transformer (0.0002) solve it; the LRU and the LSTM never leave the mean predictor. For
-  the LSTM this matches experiments/long_range.py (it leaves the plateau after ~1000 steps).
-  The LRU: a two-block LRU solved length 50 in a probe (0.0067 at lr 1e-3, 800 steps); at 200,
-  training its eigenvalues (nu, theta) slower helps, as the LRU paper prescribes: at 0.02 x lr
-  it reached 0.055 in 1000 steps (0.015 in 2000 in a probe) but then missed the markov bar
-  (3.179 bits), so the default keeps one rate; no setting passed both.
-- Copy, 5 of 8 symbols, 800 steps: the LRU and Mamba copy perfectly at delays 10 and 50, the
-  LSTM is at chance at delay 50 (its known plateau); minGRU and minLSTM are partial (0.85 /
-  0.91 at delay 10, 0.33 / 0.60 at 50, rising slowly): gates that see only the input cannot
-  decide to keep a symbol based on what the state already holds. BERT copies perfectly, but
-  it is bidirectional: no memory test for it.
-- Markov, length 64, 600 steps (1.2M tokens): the LRU (gap 0.076) and Mamba (0.096) get
-  within 0.1 bits; GPT 0.112, LSTM 0.130, minGRU 0.142, minLSTM 0.143, all still improving;
-  experiments/charlm.py reaches 0.01-0.02 with 2000 steps of 128 tokens, so this bar measures
-  the step budget more than the families.
-
-A first run with one block per linear model (d 64, 362 s) gave: adding LRU 0.167, minGRU
-0.0127, minLSTM 0.0026, Mamba 0.0037; copy at 50 LRU 1.00, minGRU 0.35, minLSTM 0.39, Mamba
-1.00; markov LRU 3.146, minGRU 3.207, minLSTM 3.212, Mamba 3.127. Caveats: one seed, one
-learning rate (3e-3 for all), short runs, the Mamba block half the others' size. The table
-above predates the selective scan's recomputed states (arch/linear_scan.py); a Mamba-only
-rerun since (`--mixers mamba`, 275 s) gave adding 0.0005, copy at 50 0.998, markov 3.139 (the
-same bars) with its adding step 85 ms instead of 102.
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
@@ -151,8 +98,25 @@ class Config(ExperimentConfig):
     seed: int = 0
 
     def smoke_settings(self) -> dict:
-        return dict(linear_layers=1, features=16, state_size=8, mamba_features=8, mamba_state_size=4, lstm_hidden=16, embed_size=8, transformer_features=16, transformer_heads=2, adding_length=8, adding_steps=10, copy_delays=(2,), copy_length=3, copy_steps=10, markov_length=16, markov_steps=10, evaluations=1)
-
+        return dict(
+            linear_layers=1,
+            features=16,
+            state_size=8,
+            mamba_features=8,
+            mamba_state_size=4,
+            lstm_hidden=16,
+            embed_size=8,
+            transformer_features=16,
+            transformer_heads=2,
+            adding_length=8,
+            adding_steps=10,
+            copy_delays=(2,),
+            copy_length=3,
+            copy_steps=10,
+            markov_length=16,
+            markov_steps=10,
+            evaluations=1,
+        )
 
 
 def models(kind: str, config: Config, max_len: int) -> dict[str, Any]:
