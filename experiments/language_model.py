@@ -21,7 +21,7 @@ The result is in README.md's table of experiments.
 import dataclasses
 import math
 import os
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import numpy as np
@@ -29,9 +29,9 @@ import numpy as np
 from arch import MODELS
 from arch.decoding import generate
 from arch.errors import ConfigError
-from experiments.common.scaffold import Experiment, ExperimentConfig
-from train.loop import FitResult, RunConfig, fit
-from train.optim import OptimConfig
+from experiments.common.language import LanguageModelConfig, fit_language_model
+from experiments.common.scaffold import Experiment
+from train.loop import FitResult
 from train.report import figure, format_table, save_figure
 from train.tasks import MarkovLanguage
 
@@ -44,33 +44,15 @@ PRINTED_CHARACTERS = 64  # of each continuation (results.json keeps them whole)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(LanguageModelConfig):
     cells: tuple[Literal["lstm", "gru", "elman"], ...] = ("lstm", "gru", "elman")
     """Cells to train; the claim is about the LSTM, which must be among them."""
     hidden_size: int = 128
     embed_size: int = 32
-    steps: int = 2000
-    """Train steps per model (batch 32 x 128 tokens: 2000 steps are 8.2M fresh tokens)."""
-    batch_size: int = 32
-    length: int = 128
-    lr: float = 5e-3
-    """Peak learning rate of Adam; cosine decay to 0 after a linear warm-up."""
-    warmup_steps: int = 100
-    clip_norm: float = 1.0
     vocab_size: int = 16
     order: int = 2
     concentration: float = 0.5
     source_seed: int = 0
-    num_eval: int = 256
-    """Sequences per evaluation split (256 x 127 = 32512 scored tokens at length 128)."""
-    prompt_length: int = 16
-    sample_tokens: int = 256
-    """New tokens per continuation."""
-    num_samples: int = 32
-    """Sampled continuations scored under the true source (the first one is printed)."""
-    evaluations: int = 10
-    """Validation evaluations per run (the curves of the plot)."""
-    seed: int = 0
 
     def smoke_settings(self) -> dict:
         return dict(
@@ -113,43 +95,6 @@ def continuations(result: FitResult, task: MarkovLanguage, config: Config) -> di
         "sampled_source_bits_per_char": float(
             task.chain.surprisal_bits(sampled, config.prompt_length).mean()
         ),
-    }
-
-
-def fit_language_model(name: str, model: Any, task: MarkovLanguage, config: Any, out: str):
-    """Train one LM on the known-entropy language with a config's lr, warm-up, clipping, steps,
-    evaluations, seed and length: (the fit's result, its row: test bits/char, gap to the entropy
-    rate, perplexity, accuracy, size, speed, validation curve). charlm.py uses it too."""
-    optim = OptimConfig(
-        lr=config.lr,
-        schedule="cosine",
-        warmup_steps=min(config.warmup_steps, config.steps // 2),
-        clip_norm=config.clip_norm,
-    )
-    every = max(config.steps // config.evaluations, 1)
-    run = RunConfig.quiet(
-        config.steps,
-        eval_every=every,
-        log_every=every,
-        seed=config.seed,
-        run_dir=os.path.join(out, name),
-    )
-    result = fit(model, task, optim, run)
-    test = result.summary["final"]["test"]
-    curve = result.curve("bits_per_char")
-    return result, {
-        "model": name,
-        "parameters": result.summary["parameters"],
-        "test_bits_per_char": test["bits_per_char"],
-        "gap_bits": test["bits_per_char"] - task.entropy_rate_bits,
-        "test_perplexity": test["perplexity"],
-        "test_accuracy": test["accuracy"],
-        "wall_time_s": result.summary["wall_time"],
-        "train_time_s": result.summary["train_time"],
-        "compile_time_s": result.summary["compile_time"],
-        "tokens_per_second": result.summary["examples_per_second"] * config.length,
-        "validation_steps": [step for step, _ in curve],
-        "validation_bits_per_char": [bits for _, bits in curve],
     }
 
 

@@ -23,15 +23,13 @@ every batch fresh, fixed test sets, seed 0). Models, at roughly matched paramete
 Two blocks, because one block cannot multiply two inputs before its linear recurrence sums
 them (the adding problem needs value x marker): in a first run with ONE block (d 64) the LRU
 stayed at the mean predictor on adding (0.167). The Mamba-style block is half the size of the
-others because its sequential scan over e * n = 768 channel-states per step costs 2.5-5x the
-other mixers' step time on this CPU (5-10x before its fused selective scan, which forms
-exp(delta A) and delta B x inside the loop instead of materialising them).
+others because its sequential scan over e * n = 768 channel-states per step costs several
+times the other mixers' step time on a CPU.
 
 Command: `python -m experiments.linear_recurrences` (`--adding-steps`, `--copy-steps`,
 `--markov-steps`, `--linear-layers`, `--lru-recurrence-lr-scale`; `--smoke` runs tiny one-block
-models). Runtime on a quiet 2-core CPU: about 8 minutes (496 s measured). The step counts
-(1000 adding, 800 copy per delay, 600 markov) are what fits in 8 minutes, not what every task
-needs.
+models). The default step counts are what fits in about 8 minutes on a 2-core CPU, not what
+every task needs.
 The result is in README.md's table of experiments.
 """
 

@@ -17,9 +17,7 @@ at least 90% of its own. The heat map shows the Bahdanau decoder's attention on 
 test sentence (reversal: the anti-diagonal); "anti-diagonal mass" is the mean weight on source
 position L - 1 - i at output i over the test sentences of that length.
 
-Command: `python -m experiments.seq2seq_bottleneck` (`--smoke`: seconds). Runtime: 797 s wall
-on a 2-core CPU shared with other jobs (load average about 6), 559 s of CPU time (training
-109 s GRU, 418 s GRU + Bahdanau, 212 s Transformer; compile 11-15 s each).
+Command: `python -m experiments.seq2seq_bottleneck` (`--smoke`: seconds).
 The result is in README.md's table of experiments.
 """
 
