@@ -1,16 +1,17 @@
 """Cold start with and without JAX's persistent compilation cache.
 
 Claim: keeping compiled programs on disk cuts the start of a small run (import, init, compile,
-a few steps, evaluation, exit) substantially; BASELINES.md measured 3.2 s -> 1.3 s for a tiny MLP.
+a few steps, evaluation, exit) substantially. "holds" = the median start-to-exit time without
+the cache is more than 1.15x the median with it (smaller differences are noise on a shared
+machine).
 
-Command: python -m experiments.cold_start            (about 1 minute on a 2-core CPU)
+Command: python -m experiments.cold_start            (--smoke: one repeat of 5 steps)
 
 Each repeat runs `python -m train MODEL TASK --steps N` in a fresh process, alternating
 "cache off" (--no-compilation-cache) and "cache on" (a private cache directory filled by one
 warm-up run), so both see the same machine load; the median wall time of each and their ratio
 are reported. The cache directory is private to this benchmark, never the user's.
-
-Result (2026-11-21, 2-core CPU, jax 0.10.2): see README.md.
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
@@ -21,19 +22,21 @@ import sys
 import tempfile
 import time
 
-import tyro
+from experiments.common.scaffold import Experiment, ExperimentConfig
+from train.report import figure, format_table, save_figure
 
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+CLAIM = "the persistent compilation cache cuts the cold start of a small run"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     model: str = "mlp"
     task: str = "xor"
     steps: int = 20
     repeats: int = 7
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def smoke_settings(self) -> dict:
+        return dict(repeats=1, steps=5)
 
 
 def timed_run(config: Config, run_dir: str, cache_dir: str | None) -> float:
@@ -62,11 +65,7 @@ def timed_run(config: Config, run_dir: str, cache_dir: str | None) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(config, repeats=1, steps=5)
-    out = experiment_dir("cold_start", config.run_dir)
+def study(config: Config, out: str) -> dict:
     times: dict[str, list[float]] = {"cache off": [], "cache on": []}
     with tempfile.TemporaryDirectory() as scratch:
         cache_dir, run_dir = os.path.join(scratch, "cache"), os.path.join(scratch, "run")
@@ -77,14 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     median = {k: statistics.median(v) for k, v in times.items()}
     speedup = median["cache off"] / median["cache on"]
     results = {
-        "claim": "the persistent compilation cache cuts the cold start of a small run",
         "holds": speedup > 1.15,  # differences under ~15% are noise on this shared machine
         "command": f"python -m train {config.model} {config.task} --steps {config.steps}",
         "median_seconds": median,
         "seconds": times,
         "speedup": speedup,
     }
-    write_results(out, results)
     fig, ax = figure(figsize=(5, 3))
     ax.boxplot(list(times.values()), tick_labels=list(times))
     ax.set_ylabel("start-to-exit wall time (s)")
@@ -99,5 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+EXPERIMENT = Experiment("cold_start", CLAIM, Config, study)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

@@ -6,7 +6,7 @@ bit-identical to an uninterrupted run: summary.json (less its timings), every me
 record (less its throughput), and every array of the last checkpoint.
 
 Command: python -m experiments.fault_injection   (`--kills 20`, `--families mlp lstm gpt`,
-`--smoke`). Expected runtime on a 2-core CPU: about 13 minutes (smoke: 25-55 s).
+`--smoke`: one family, two kills). The result is in README.md's table of experiments.
 
 Per family (an MLP on digits, an LSTM on adding, a one-layer GPT on markov; dropout on, so the
 PRNG state matters), `python -m train` runs uninterrupted twice: the reference, which also
@@ -40,10 +40,10 @@ from typing import Any, Literal
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tyro
 
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.checkpoint import TEMPORARY, flatten
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 
 CLAIM = (
     "a training run SIGKILLed N times at random moments (start-up, training, inside checkpoint "
@@ -74,7 +74,7 @@ RECORD_TIMING = {"examples_per_second"}
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     families: tuple[Family, ...] = ("mlp", "lstm", "gpt")
     kills: int = 20
     """SIGKILLs per family (starts that finish on their own before their delay do not count)."""
@@ -85,8 +85,9 @@ class Config:
     control: bool = True
     """Also run uninterrupted a second time, warm: T is its wall time (else the reference's),
     and it shows that two uninterrupted runs agree at all."""
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def smoke_settings(self) -> dict:
+        return dict(families=("mlp",), kills=2, steps=30, control=False)
 
 
 def train_command(family: str, steps: int) -> list[str]:
@@ -280,12 +281,7 @@ def report(attacked: tuple) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(config, families=("mlp",), kills=2, steps=30, control=False)
-    out = experiment_dir("fault_injection", config.run_dir)
-    began = time.perf_counter()
+def study(config: Config, out: str) -> dict:
     families = {}
     with tempfile.TemporaryDirectory() as cache_dir:  # private: the user's cache is untouched
         for family in config.families:
@@ -293,14 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
             rng = np.random.default_rng([config.seed, list(FAMILIES).index(family)])
             families[family] = report(attack(family, config, out, cache_dir, rng))
     results = {
-        "claim": CLAIM,
         "holds": all(
             f["exits_ok"] and f["kills_total"] == config.kills and all(f["identical"].values())
             for f in families.values()
         ),
         "kills_asked": config.kills,
         "families": families,
-        "wall_seconds": time.perf_counter() - began,
     }
     rows = [
         {
@@ -317,7 +311,6 @@ def main(argv: list[str] | None = None) -> dict:
         for name, f in families.items()
     ]
     results["table"] = rows
-    write_results(out, results)
     fig, ax = figure(figsize=(5, 3))
     width = 0.8 / len(MOMENTS)
     for i, moment in enumerate(MOMENTS):
@@ -337,9 +330,11 @@ def main(argv: list[str] | None = None) -> dict:
         for item, difference in f["first_difference"].items():
             if difference:
                 print(f"{name} {item} differs: {difference}")
-    print(f"holds: {results['holds']} ({results['wall_seconds']:.0f} s)")
     return results
 
 
+EXPERIMENT = Experiment("fault_injection", CLAIM, Config, study)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()
