@@ -23,45 +23,28 @@ body once, is recorded too (LSTM: 0.06-0.15x our count). L(C) is fitted on the c
 ends. scipy curve_fit in nats, E in [0, max loss]; also with E = entropy and E = 0.
 
 Command: `python -m experiments.scaling` (`--steps 1600`, `--full`, `--smoke`). `--full` is
-sized for one GPU and was NOT run: order-3 chain, 10,000 steps of 64 x 256 tokens, 4-layer GPT
-51k-7.1M params, LSTM 26k-2.5M, 4-block minGRU 40k-5.3M. Runtime on the 2-core CPU (shared,
-load 4-6): 207 s (319 s with a cold compilation cache); smoke 12 s warm, 56 s cold.
-
-Result (jax 0.10.2, float32, seed 0). Test bits/char along each ladder; E in bits/char:
-
-    family  params     test bits/char                     alpha       E_N    R2     beta  E_C   R2
-    gpt     6.8k-101k  3.552 3.284 3.165 3.106 3.078  1.01+-0.08  3.043  0.999  0.21  2.27  0.949
-    lstm    2.6k-85k   3.668 3.400 3.264 3.158 3.109  0.36+-0.11  2.864  0.994  0.13  2.20  0.978
-    mingru  5.6k-77k   3.382 3.193 3.130 3.099 3.083  1.28+-0.06  3.074  1.000  0.45  2.95  0.985
-
-FAILS. L(N) holds for gpt (E equal to the entropy rate to 3 decimals) and minGRU (+0.031),
-not for the LSTM: its E is 0.18 bits BELOW the entropy rate (s.e. 0.14), because its smallest
-model does better than the others' trend (with E fixed at the entropy: alpha 0.57, R2 0.983;
-gpt 1.01, minGRU 0.98). L(C) holds only for minGRU: the gpt and LSTM frontiers are the escape
-from the initial ~4-bit plateau, no power law; E depends on where the frontier starts (from
-1/4 / 1/2 of each run: gpt E 2.76 / 3.01, LSTM 2.60 / 2.79, minGRU 3.02 / 3.07). The shorter
-runs ended WORSE than the 800-step run at the same step (gpt -0.05 / -0.26 bits at 200 / 400
-steps, LSTM -0.22 / -0.12, minGRU -0.06 / +0.01): decaying the rate slows the escape. E = 0
-(pure power law): alpha 0.03-0.05, the floor dominates. One seed, one rate, 800 steps."""
+sized for one GPU (an order-3 chain, 10,000 steps of 64 x 256 tokens, 4-layer GPTs and 4-block
+minGRUs up to a few million parameters) and has not been run yet.
+The result is in README.md's table of experiments.
+"""
 
 import dataclasses
 import math
 import os
-import time
 import warnings
 from typing import Any, Literal
 
 import jax
 import numpy as np
-import tyro
 from matplotlib.ticker import FormatStrFormatter
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from arch import MODELS
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.loop import RunConfig, fit
 from train.measure.flops import count
 from train.optim import OptimConfig, make_optimizer
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 from train.step import init_state, make_train_step
 from train.tasks import MarkovLanguage
 from train.tasks.base import DataPosition
@@ -80,7 +63,7 @@ LN2 = math.log(2.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     families: tuple[Family, ...] = ("gpt", "lstm", "mingru")
     gpt_widths: tuple[int, ...] = (16, 24, 32, 48, 64)
     lstm_widths: tuple[int, ...] = (16, 32, 48, 80, 128)
@@ -108,8 +91,10 @@ class Config:
     seed: int = 0
     full: bool = False
     """The sweep sized for one GPU (FULL; not run on the CPU). The default is the quick one."""
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def resolved(self) -> "Config":
+        config = dataclasses.replace(self, **FULL) if self.full else self
+        return dataclasses.replace(config, **SMOKE) if config.smoke else config
 
 
 FULL = dict(gpt_widths=(32, 64, 128, 192, 256, 384), lstm_widths=(64, 128, 256, 384, 512, 768),
@@ -352,7 +337,7 @@ def exponent_rows(fits: dict, families: tuple[str, ...]) -> list[dict]:
 
 def summary_line(results: dict) -> str:
     """A row for README.md's table of experiments: command, claim, result."""
-    config, seconds = results["config"], results["total_wall_time_s"]
+    config, seconds = results["config"], results["wall_seconds"]
     runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
     parts = []
     for row in results["exponents"]:
@@ -377,16 +362,12 @@ def summary_line(results: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    config = dataclasses.replace(config, **FULL) if config.full else config
-    config = dataclasses.replace(config, **SMOKE) if config.smoke else config
-    out = experiment_dir("scaling", config.run_dir)
+def study(config: Config, out: str) -> dict:
     task = MarkovLanguage(batch_size=config.batch_size, seed=config.seed,
                           vocab_size=config.vocab_size, order=config.order,
                           concentration=config.concentration, length=config.length,
                           num_eval=config.num_eval)  # fmt: skip
-    entropy, start, rows = task.entropy_rate_bits, time.perf_counter(), []
+    entropy, rows = task.entropy_rate_bits, []
     for family in config.families:
         ladder = {"gpt": config.gpt_widths, "lstm": config.lstm_widths}.get(
             family, config.linear_widths
@@ -403,14 +384,12 @@ def main(argv: list[str] | None = None) -> dict:
             for f in config.families}  # fmt: skip
     verdicts = {f: judge(fits[f], entropy) for f in config.families}
     results = {
-        "claim": CLAIM,
         "holds": all(all(v.values()) for v in verdicts.values()),
         "criterion": (
             f"per family, the L(N) and L(C) fits E + A x^-alpha: alpha > 0, R^2 >= {MIN_R2}, no "
             f"ill-conditioning note, |E - entropy rate| <= {MAX_FLOOR_GAP_BITS} bits/char"
         ),
         "verdicts": verdicts,
-        "config": dataclasses.asdict(config),
         "entropy_rate_bits": entropy,
         "entropy_rate_nats": entropy * LN2,
         "source_test_bits_per_char": task.source_bits_per_char("test"),
@@ -419,10 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": rows,
         "fits": fits,
         "exponents": exponent_rows(fits, config.families),
-        "total_wall_time_s": time.perf_counter() - start,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     plot_parameters(rows, fits, entropy, config, os.path.join(out, "scaling_parameters.png"))
     plot_compute(rows, fits, entropy, config, os.path.join(out, "scaling_compute.png"))
     columns = {"family": "family", "width": "width", "params": "parameters", "steps": "steps",
@@ -436,11 +412,12 @@ def main(argv: list[str] | None = None) -> dict:
     for family in config.families:
         bias = ", ".join(f"{s} steps {b:+.3f}" for s, b in fits[family]["cosine_bias_bits"])
         print(f"{family}: verdict {verdicts[family]}; mid-run minus shorter run bits: {bias}")
-    print(f"entropy rate {entropy:.4f} bits/char; claim holds: {results['holds']} "
-          f"({results['total_wall_time_s']:.0f} s); results in {out}")  # fmt: skip
-    print(results["summary"])
+    print(f"entropy rate {entropy:.4f} bits/char")
     return results
 
 
+EXPERIMENT = Experiment("scaling", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()
