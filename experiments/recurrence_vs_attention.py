@@ -5,59 +5,27 @@ Claim: for training, attention is faster than recurrence at short lengths and re
 recurrent state's per-token cost and memory stay constant while a key/value cache's grow with
 the context.
 
-Command: python -m experiments.recurrence_vs_attention      (quick: ~160 s on a quiet 2-core CPU)
+Command: python -m experiments.recurrence_vs_attention      (quick; --smoke: seconds)
          python -m experiments.recurrence_vs_attention --no-quick --preset 10m --precision bfloat16
 
-Setup. Every family is a byte-level language model (vocabulary 256, tokens [b, t] -> logits
-[b, t, v]) at a matched parameter count: the same depth for every family (1 layer in the smoke
-preset, 2 in "1m", 4 in "10m") and the width that brings the count (from jax.eval_shape, no
-init) nearest the target (widths in steps of 4, of 8 for attention). Recurrent: "elman",
-"lstm", "gru" (rnn_lm, embedding width = hidden width), "mingru", "lru" (linear_rnn_lm, state
-width = model width), "mamba" (16 states per channel, expand 2). Attention: "gpt-<kernel>"
-(decoder-only Transformer, rotary positions, heads of the width nearest 64 that divides d;
-kernel einsum / xla / blockwise; cudnn on a GPU in bfloat16 only). Quick: preset 1m, float32,
-batch 4, N = 64 new tokens, 3 samples of >= 0.05 s each. Every measurement is train/measure/bench.py's
-`profile` (compile apart; warm-up, then median / min / max; FLOPs counted from the jaxpr with
-scan bodies times their length; XLA's memory analysis; utilisation = counted FLOP/s over the
-measured matmul peak in the compute dtype):
+Setup (README.md's section on this study has it in full). Every family is a byte-level
+language model at a matched parameter count: the same depth for every family, the width that
+brings the count (from jax.eval_shape) nearest the preset's target. Every measurement is
+train/measure/bench.py's `profile` (compile apart, warm-up, median / min / max, FLOPs counted
+from the jaxpr, XLA's memory analysis, utilisation against the measured matmul peak):
   train     the ONE shared train step (train/step.py, AdamW, state donated), random tokens [b, t];
   prefill   the parallel forward pass over a prompt [b, L] (jit(model.apply));
-  generate  the shared `generate` (arch/decoding.py) continuing a cache filled (untimed, by
-            decode_step in a scan) with L - 1 prompt tokens: it feeds the last prompt token and
-            produces N greedy tokens (N + 1 decode steps); ms/token = median / N. "cache MiB" is
-            the filled cache's bytes: keys/values [b, L + N, h, e] per layer for the Transformer,
-            the state for a recurrence. Every gpt kernel decodes with one program
-            (arch/attention.py decodes with einsum): it is measured once and shared.
+  generate  `bench.profile_generation`: the shared `generate` continuing a cache filled with
+            L - 1 prompt tokens, N greedy tokens; "cache MiB" is the filled cache's bytes (keys
+            and values [b, L + N, h, e] per layer, or a recurrent state). Every gpt kernel
+            decodes with one program (einsum): it is measured once and shared.
 Crossover: where log(t_rec / t_att), interpolated linearly in log(length), last changes sign.
 Training holds if every recurrence is slower than the fastest attention kernel (per length) at
 the shortest length and faster at the longest. Generation holds if every recurrent state has
 the same bytes and decode FLOPs at every L (one program: its ms/token differ by noise only)
 while every cache grows with L and its ms/token at the longest L is >= 1.5x the shortest's.
 
-Result (quick, 2 cores of an AMD EPYC, quiet machine; jax 0.10.2, float32, batch 4, N 64;
-measured float32 matmul peak used for utilisation; wall 158 s):
-
-    family         params     train ms (128/512/2048)  prefill ms (2048)  gen ms/token (128/2048)
-    elman          1,000,816  16.4/73.4/265            84                 0.047/0.056
-    lstm           1,014,112  30.7/102/422             75                 0.067/0.045
-    gru            1,000,968  38.4/161/634             130                0.116/0.126
-    mingru           989,816  19.7/69.1/308            86                 0.067/0.083
-    lru            1,013,192  22.3/87.9/344            112                0.070/0.087
-    mamba            984,256  59.1/200/1092            201                0.153/0.164
-    gpt-einsum     1,016,800  17.2/144/1723            591                0.258/3.75
-    gpt-xla        1,016,800  20.5/162/4326            783                (same program)
-    gpt-blockwise  1,016,800  17.9/120/679             229                (same program)
-
-Training: FAILS as stated. Against the fastest attention kernel at each length the LSTM crosses
-at ~380 tokens, minGRU ~170, the LRU ~240, the GRU ~1580, but Elman is faster already at 128
-and Mamba (a sequential scan over e x n = 2d x 16 states) does not overtake blockwise attention
-by 2048. Against the quadratic kernels alone it holds for every recurrence (vs einsum: LSTM
-~310, GRU ~590, Mamba ~910). Close curves' crossovers move by hundreds of tokens between runs
-(cells vary 1.15-1.2x from run to run on this VM: README). Generation: HOLDS. Every recurrent
-state is one size at every L (0.007-0.19 MiB) with the same decode FLOPs; the KV cache grows
-2.3 -> 25.8 MiB (11x, as L + N) and the Transformer's ms/token 14.5x from L = 128 to 2048
-(1.7-5.5x the recurrences' at 128, 23-83x at 2048). Attention kernels are credited with the
-einsum program's FLOPs (the blockwise kernel's causal loops have data-dependent trip counts).
+The result is in README.md's table of experiments and its section on this study.
 """
 
 import csv
@@ -65,6 +33,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Collection, Sequence
 from functools import cache
 from itertools import pairwise
 from typing import Any, Literal
@@ -72,19 +41,16 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 
 from arch import MODELS
-from arch.decoding import generate
 from arch.errors import ConfigError
-from experiments._rva_report import KINDS, plot, series, table_rows
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.measure import bench
 from train.measure import flops as flop_count
 from train.optim import OptimConfig, make_optimizer
-from train.report import experiment_dir, format_table, write_results
+from train.report import figure, format_table, save_figure
 from train.state import parameter_count
 from train.step import init_state, make_train_step
-from train.tasks.language import LanguageModelLoss
 
 CLAIM = (
     "For training, attention is faster than recurrence at short lengths and recurrence (linear "
@@ -112,7 +78,7 @@ Family = Literal[
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     families: tuple[Family, ...] = DEFAULT_FAMILIES
     lengths: tuple[int, ...] = ()
     """Sequence / prompt lengths; () = by mode: quick (128, 512, 2048); full powers of 2 from
@@ -129,16 +95,102 @@ class Config:
     """A sample repeats its call for at least this long; None: 0.05 (quick) or 0.5 (full)."""
     quick: bool = True
     seed: int = 0
-    smoke: bool = False
-    """Seconds: 1-layer ~21k-parameter models, lengths 16 and 32, batch 8, N 4."""
-    run_dir: str | None = None
+
+    def resolved(self) -> "Config":
+        """The mode's defaults (smoke, quick, full) where the flags left them open; --smoke:
+        1-layer ~21k-parameter models, lengths 16 and 32, batch 8, N 4."""
+        config = self
+        if config.smoke:
+            families = SMOKE_FAMILIES if config.families == DEFAULT_FAMILIES else config.families
+            config = dataclasses.replace(
+                config, families=families, lengths=config.lengths or (16, 32), batch_size=8,
+                new_tokens=4, repeats=config.repeats or 1, min_sample_seconds=0.0,
+            )  # fmt: skip
+        gpu = jax.default_backend() == "gpu"
+        if gpu and config.families == DEFAULT_FAMILIES:  # cuDNN against our kernels, side by side
+            extra = (SCAN_LSTM,) + (("gpt-cudnn",) if config.precision == "bfloat16" else ())
+            config = dataclasses.replace(config, families=config.families + extra)
+        if not config.lengths:
+            top = 32768 if gpu else 4096
+            full = tuple(2**k for k in range(7, top.bit_length()))
+            config = dataclasses.replace(config, lengths=(128, 512, 2048) if config.quick else full)
+        sample = config.min_sample_seconds
+        return dataclasses.replace(
+            config,
+            lengths=tuple(sorted(config.lengths)),
+            repeats=config.repeats or (3 if config.quick else 5),
+            min_sample_seconds=(0.05 if config.quick else 0.5) if sample is None else sample,
+        )
 
 
-@dataclasses.dataclass(frozen=True)
-class RandomTokens(LanguageModelLoss):
-    """The language-model loss alone (the benchmark feeds its own random batches)."""
+KINDS = ("train", "prefill", "generate")
+MIB = 2**20
 
-    vocab_size: int = VOCAB
+
+def series(rows: list[dict], family: str, kind: str, field: str, lengths: Sequence[int]) -> list:
+    """The family's `field` of `kind` at each length (None where it failed or is missing)."""
+    found = {r["length"]: r.get(field) for r in rows if r["family"] == family and r["kind"] == kind}
+    return [found.get(length) for length in lengths]
+
+
+def table_rows(rows: list[dict], families: Sequence[str], lengths: Sequence[int]) -> list[dict]:
+    """One line per (family, length); "err" where a measurement failed."""
+    out = []
+    for family in families:
+        for length in lengths:
+            got = {r["kind"]: r for r in rows if r["family"] == family and r["length"] == length}
+            if not got:
+                continue
+            train, prefill, gen = (got.get(k, {"error": "missing"}) for k in KINDS)
+            value = lambda row, key, scale=1.0: "err" if row["error"] else row[key] * scale
+            out.append({
+                "family": family, "params": next(iter(got.values()))["params"], "length": length,
+                "train ms": value(train, "seconds_median", 1e3),
+                "train tok/s": value(train, "tokens_per_second"),
+                "prefill ms": value(prefill, "seconds_median", 1e3),
+                "gen ms/token": value(gen, "ms_per_token"),
+                "gen tok/s": value(gen, "tokens_per_second"),
+                "cache MiB": value(gen, "cache_bytes", 1 / MIB),
+                "peak MiB": value(train, "peak_estimate_bytes", 1 / MIB),
+                "compile s": value(train, "compile_s"),
+                "util %": value(train, "utilisation", 100.0),
+            })  # fmt: skip
+    return out
+
+
+def plot(
+    rows: list[dict], families: Sequence[str], lengths: list[int], attention: Collection[str],
+    new_tokens: int, crossovers: dict, path: str,
+) -> None:  # fmt: skip
+    """Log-log panels against length, one line per family (dashed: `attention`); dotted
+    verticals: where a recurrence overtakes the fastest attention kernel."""
+    fig, axes = figure(2, 3, figsize=(17, 9))
+    panels = (
+        ("train", "seconds_median", 1e3, "train step ms"),
+        ("prefill", "seconds_median", 1e3, "prefill (forward pass) ms"),
+        ("generate", "ms_per_token", 1.0, f"generation ms / token (N = {new_tokens})"),
+        ("train", "peak_estimate_bytes", 1 / MIB, "train step peak MiB (XLA's estimate)"),
+        ("generate", "cache_bytes", 1 / MIB, "key/value cache or recurrent state MiB"),
+        ("train", "utilisation", 100.0, "train step % of the matmul peak"),
+    )
+    colors = {f: f"C{i}" for i, f in enumerate(families)}
+    for axis, (kind, field, scale, label) in zip(axes.flat, panels, strict=True):
+        for family in families:
+            values = series(rows, family, kind, field, lengths)
+            points = [(n, v * scale) for n, v in zip(lengths, values, strict=True) if v]
+            if points:
+                style = "s--" if family in attention else "o-"
+                axis.plot(*zip(*points, strict=True), style, color=colors[family], label=family)
+        if field in ("seconds_median", "ms_per_token") and kind != "prefill":
+            for family, found in crossovers[kind].items():
+                if found["best attention"]["status"] == "crosses":
+                    axis.axvline(found["best attention"]["length"], color=colors[family], ls=":")
+        axis.set(xscale="log", yscale="log", xlabel="sequence / prompt length", ylabel=label)
+        axis.set_xticks(lengths, [str(n) for n in lengths])
+        axis.set_xticks([], minor=True)
+    axes.flat[0].set_title("dotted: a recurrence overtakes the fastest attention", fontsize=9)
+    axes.flat[0].legend(fontsize=7)
+    save_figure(fig, path)
 
 
 def heads_for(width: int) -> int:
@@ -217,7 +269,7 @@ def describe(found: dict) -> str:
 def program_of(kind: str, model, state, tokens, length: int, b: int) -> tuple[Any, tuple, int]:
     """(jitted function, its arguments, tokens per call) of the train step or the prefill."""
     if kind == "train":
-        step = make_train_step(model, RandomTokens(), make_optimizer(OPTIMIZER, 1000))
+        step = make_train_step(model, bench.RandomTokens(VOCAB), make_optimizer(OPTIMIZER, 1000))
         inputs, targets = jnp.asarray(tokens[:, :length]), jnp.asarray(tokens[:, 1 : length + 1])
         batch = {"inputs": inputs, "targets": targets, "mask": jnp.ones((b, length), jnp.float32)}
         fresh = jax.tree.map(jnp.copy, state)  # the step donates its state
@@ -240,30 +292,15 @@ def measure(kind: str, family: str, model, state, tokens, length: int, config: C
             options["flops"] = flop_count.count(reference[0], *reference[1]).flops
         result = bench.profile(function, *args, amount=amount, carry=kind == "train", **options)
     else:
-        variables = {"params": state.params}
-
-        @jax.jit
-        def fill(variables: dict, prompt: jax.Array) -> Any:  # prompt [b, L - 1]
-            def feed(cache: Any, column: jax.Array) -> tuple[Any, None]:  # column [b]
-                return model.apply(variables, cache, column, method=model.decode_step)[1], None
-
-            return jax.lax.scan(feed, model.init_cache(b, length + n), prompt.T)[0]
-
-        prompt, last = jnp.asarray(tokens[:, : length - 1]), jnp.asarray(tokens[:, length - 1])
-        decode = lambda variables, last, cache: generate(
-            model, variables, last[:, None], n, cache=cache
-        )  # [b, 1 + N]
+        variables, prompt = {"params": state.params}, jnp.asarray(tokens[:, :length])
         if family in ATTENTION:  # the kernels' decoding programs may be one and the same
-            shapes = jax.eval_shape(fill, variables, prompt)
-            program = (length, str(jax.make_jaxpr(decode)(variables, last, shapes)))
+            program = (length, bench.generation_program(model, variables, prompt, n))
         else:
             program = (length, family)
         if program in done:
             return done[program]
-        filled = jax.block_until_ready(fill(variables, prompt))
-        result = bench.profile(decode, variables, last, filled, amount=b * n, **options)
-        cache_bytes = int(sum(leaf.nbytes for leaf in jax.tree.leaves(filled)))
-        extra = {"ms_per_token": 1e3 * result["seconds"]["median"] / n, "cache_bytes": cache_bytes}
+        result = bench.profile_generation(model, variables, prompt, n, **options)
+        extra = {k: result[k] for k in ("ms_per_token", "cache_bytes")}
         extra["program_of"] = family  # whose measurement this is
     memory = result["memory"]
     measured = {
@@ -326,7 +363,7 @@ def judge(rows: list[dict], config: Config) -> dict[str, Any]:
 
 def summary_line(results: dict) -> str:
     """A row for README.md's table of experiments: command, claim, result."""
-    config, verdict, seconds = results["config"], results["verdict"], results["total_wall_time_s"]
+    config, verdict, seconds = results["config"], results["verdict"], results["wall_seconds"]
     runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
     word = lambda ok: "holds" if ok else "fails"
     crossings = verdict["crossovers"]["train"].items()
@@ -348,35 +385,7 @@ def summary_line(results: dict) -> str:
     )
 
 
-def resolve(config: Config) -> Config:
-    """The mode's defaults (smoke, quick, full) where the flags left them open."""
-    if config.smoke:
-        families = SMOKE_FAMILIES if config.families == DEFAULT_FAMILIES else config.families
-        config = dataclasses.replace(
-            config, families=families, lengths=config.lengths or (16, 32), batch_size=8,
-            new_tokens=4, repeats=config.repeats or 1, min_sample_seconds=0.0,
-        )  # fmt: skip
-    gpu = jax.default_backend() == "gpu"
-    if gpu and config.families == DEFAULT_FAMILIES:  # cuDNN against our kernels, side by side
-        extra = (SCAN_LSTM,) + (("gpt-cudnn",) if config.precision == "bfloat16" else ())
-        config = dataclasses.replace(config, families=config.families + extra)
-    if not config.lengths:
-        top = 32768 if gpu else 4096
-        full = tuple(2**k for k in range(7, top.bit_length()))
-        config = dataclasses.replace(config, lengths=(128, 512, 2048) if config.quick else full)
-    sample = config.min_sample_seconds
-    return dataclasses.replace(
-        config,
-        lengths=tuple(sorted(config.lengths)),
-        repeats=config.repeats or (3 if config.quick else 5),
-        min_sample_seconds=(0.05 if config.quick else 0.5) if sample is None else sample,
-    )
-
-
-def main(argv: list[str] | None = None) -> dict:
-    config = resolve(tyro.cli(Config, args=argv))
-    started = time.perf_counter()
-    out = experiment_dir("recurrence_vs_attention", config.run_dir)
+def study(config: Config, out: str) -> dict:
     preset = "smoke" if config.smoke else config.preset
     if config.smoke:  # a small product: seconds matter more than the peak's precision here
         measured = bench.matmul_peak(256, config.precision, repeats=2)["median"]
@@ -419,14 +428,9 @@ def main(argv: list[str] | None = None) -> dict:
     verdict = judge(rows, config)
     table = table_rows(rows, config.families, config.lengths)
     results = {
-        "claim": CLAIM,
- "holds": verdict["holds"], "config": dataclasses.asdict(config),
-        "preset": preset, "versions": bench.versions(), "peak": peak, "models": models,
+        "holds": verdict["holds"], "preset": preset, "peak": peak, "models": models,
         "skipped": skipped, "verdict": verdict, "table": table, "rows": rows,
-        "total_wall_time_s": time.perf_counter() - started,
     }  # fmt: skip
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
@@ -442,10 +446,11 @@ def main(argv: list[str] | None = None) -> dict:
             text = ", ".join(f"{a} {describe(c)}" for a, c in pairs.items())
             print(f"crossover ({part}) {family}: {text}")
     print(f"skipped: {skipped or 'none'}; generation: {verdict['generation']}")
-    print(f"claim: training {verdict['holds']['train']}, generation {verdict['holds']['generate']}")
-    print(f"wall {results['total_wall_time_s']:.0f} s; results in {out}\n{results['summary']}")
     return results
 
 
+EXPERIMENT = Experiment("recurrence_vs_attention", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

@@ -80,6 +80,13 @@ def test_the_command_line_prints_a_config_error_as_one_line_and_exits_2(
 def test_a_study_must_say_whether_the_claim_held_and_leave_the_shared_keys(tmp_path):
     with pytest.raises(TypeError, match="'holds' as a bool"):
         toy(study=lambda config, out: {"holds": 1}).main(["--run-dir", str(tmp_path)])
+    with pytest.raises(TypeError, match="'holds' as a bool"):
+        toy(study=lambda config, out: {"holds": {"train": None}}).main(["--run-dir", str(tmp_path)])
+    parts = {"train": True, "generate": False}  # a claim in two parts
+    assert (
+        toy(study=lambda config, out: {"holds": parts}).main(["--run-dir", str(tmp_path)])["holds"]
+        == parts
+    )
     with pytest.raises(TypeError, match=r"\['config'\]"):
         toy(study=lambda config, out: {"holds": True, "config": {}}).main(
             ["--run-dir", str(tmp_path)]

@@ -68,6 +68,13 @@ SCAFFOLD_KEYS = frozenset(
 ConfigT = TypeVar("ConfigT", bound=ExperimentConfig)
 
 
+def is_verdict(holds: Any) -> bool:
+    """Whether `holds` says if a claim held: a bool, or a bool per part of the claim."""
+    if isinstance(holds, dict):
+        return bool(holds) and all(isinstance(v, bool) for v in holds.values())
+    return isinstance(holds, bool)
+
+
 def versions() -> dict[str, str | None]:
     """The device and the versions of the libraries that produced the results; PyTorch's where
     the study compared against it (imported it), else None."""
@@ -94,7 +101,8 @@ class Experiment(Generic[ConfigT]):
     """What the study tests, in one or two sentences (results["claim"])."""
     config: type[ConfigT]
     study: Callable[[ConfigT, str], dict[str, Any]]
-    """(config, run directory) -> results: at least "holds" (bool), and the numbers."""
+    """(config, run directory) -> results: at least "holds" (a bool, or a bool per part of
+    the claim), and the numbers."""
     report: Callable[[dict[str, Any], ConfigT, str], None] | None = None
     """(results, config, run directory): the printed table and the plot, after results.json."""
     summary_line: Callable[[dict[str, Any]], str] | None = None
@@ -108,8 +116,11 @@ class Experiment(Generic[ConfigT]):
         out = experiment_dir(self.name, config.run_dir)
         started, load_at_start = time.perf_counter(), os.getloadavg()[0]
         found = self.study(config, out)
-        if not isinstance(found.get("holds"), bool):
-            raise TypeError(f"{self.name}: the study must return 'holds' as a bool")
+        if not is_verdict(found.get("holds")):
+            raise TypeError(
+                f"{self.name}: the study must return 'holds' as a bool, or a dict of bools "
+                "for a claim in parts"
+            )
         if taken := sorted(SCAFFOLD_KEYS & found.keys()):
             raise TypeError(f"{self.name}: the scaffold records {taken}; the study must not")
         results = {

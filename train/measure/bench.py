@@ -21,7 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arch.decoding import generate
 from train.measure import flops as flop_count
+from train.tasks.language import LanguageModelLoss
+
+TIE = 0.87
+"""Speed ratios (ours / theirs, as rates) from TIE up to 1 are a tie: on the shared 2-core
+machine the same program measured twice differs by up to ~15%. A time ratio ties up to 1 / TIE."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomTokens(LanguageModelLoss):
+    """The language-model loss alone, as the task of a train step that a benchmark feeds with
+    its own random token batches."""
+
+    vocab_size: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,3 +296,47 @@ def profile(
         "utilisation": achieved / peak["flops_per_second"],
         "peak": peak,
     }
+
+
+def generation_functions(model: Any, batch: int, length: int, new_tokens: int):
+    """(fill, decode) for profiling generation after a prompt of `length` tokens:
+    fill(variables, prompt [b, L - 1]) -> the cache after the prompt (jitted; a scan of
+    decode_step), and decode(variables, last [b], cache) -> tokens [b, 1 + N], the shared
+    `generate` feeding the last prompt token and producing N greedy tokens (N + 1 decode steps)."""
+
+    @jax.jit
+    def fill(variables: dict, prompt: jax.Array) -> Any:
+        def feed(cache: Any, column: jax.Array) -> tuple[Any, None]:  # column [b]
+            return model.apply(variables, cache, column, method=model.decode_step)[1], None
+
+        return jax.lax.scan(feed, model.init_cache(batch, length + new_tokens), prompt.T)[0]
+
+    def decode(variables: dict, last: jax.Array, cache: Any) -> jax.Array:
+        return generate(model, variables, last[:, None], new_tokens, cache=cache)
+
+    return fill, decode
+
+
+def generation_program(model: Any, variables: dict, prompt: jax.Array, new_tokens: int) -> str:
+    """The text of the decoding program after `prompt` [b, L] (nothing is run): two models
+    whose texts are equal decode with one and the same program."""
+    b, length = prompt.shape
+    fill, decode = generation_functions(model, b, length, new_tokens)
+    cache = jax.eval_shape(fill, variables, prompt[:, :-1])
+    return str(jax.make_jaxpr(decode)(variables, prompt[:, -1], cache))
+
+
+def profile_generation(
+    model: Any, variables: dict, prompt: jax.Array, new_tokens: int, **options: Any
+) -> dict[str, Any]:
+    """`profile` of generating N tokens after `prompt` [b, L]: the cache is filled with the
+    first L - 1 tokens (untimed), then `generate` feeds the last one and produces N greedy
+    tokens. Adds ms_per_token (median / N) and cache_bytes (the filled cache's bytes: a
+    recurrent state, or keys and values for every position)."""
+    b, length = prompt.shape
+    fill, decode = generation_functions(model, b, length, new_tokens)
+    filled = jax.block_until_ready(fill(variables, prompt[:, :-1]))
+    result = profile(decode, variables, prompt[:, -1], filled, amount=b * new_tokens, **options)
+    result["ms_per_token"] = 1e3 * result["seconds"]["median"] / new_tokens
+    result["cache_bytes"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(filled)))
+    return result
