@@ -82,6 +82,12 @@ def test_a_study_must_say_whether_the_claim_held_and_leave_the_shared_keys(tmp_p
         toy(study=lambda config, out: {"holds": 1}).main(["--run-dir", str(tmp_path)])
     with pytest.raises(TypeError, match="'holds' as a bool"):
         toy(study=lambda config, out: {"holds": {"train": None}}).main(["--run-dir", str(tmp_path)])
+    with pytest.raises(TypeError, match="'holds' as a bool"):
+        toy(study=lambda config, out: {"speed": 1.0}).main(["--run-dir", str(tmp_path)])
+    assert (
+        toy(study=lambda config, out: {"holds": None}).main(["--run-dir", str(tmp_path)])["holds"]
+        is None
+    )  # the reference to compare with is not installed here
     parts = {"train": True, "generate": False}  # a claim in two parts
     assert (
         toy(study=lambda config, out: {"holds": parts}).main(["--run-dir", str(tmp_path)])["holds"]

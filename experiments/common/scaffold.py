@@ -69,10 +69,11 @@ ConfigT = TypeVar("ConfigT", bound=ExperimentConfig)
 
 
 def is_verdict(holds: Any) -> bool:
-    """Whether `holds` says if a claim held: a bool, or a bool per part of the claim."""
+    """Whether `holds` says if a claim held: a bool, or a bool per part of the claim; None
+    where the claim could not be tested here (its reference, e.g. PyTorch, is not installed)."""
     if isinstance(holds, dict):
         return bool(holds) and all(isinstance(v, bool) for v in holds.values())
-    return isinstance(holds, bool)
+    return holds is None or isinstance(holds, bool)
 
 
 def versions() -> dict[str, str | None]:
@@ -116,10 +117,10 @@ class Experiment(Generic[ConfigT]):
         out = experiment_dir(self.name, config.run_dir)
         started, load_at_start = time.perf_counter(), os.getloadavg()[0]
         found = self.study(config, out)
-        if not is_verdict(found.get("holds")):
+        if "holds" not in found or not is_verdict(found["holds"]):
             raise TypeError(
-                f"{self.name}: the study must return 'holds' as a bool, or a dict of bools "
-                "for a claim in parts"
+                f"{self.name}: the study must return 'holds' as a bool (None: not testable "
+                "here), or a dict of bools for a claim in parts"
             )
         if taken := sorted(SCAFFOLD_KEYS & found.keys()):
             raise TypeError(f"{self.name}: the scaffold records {taken}; the study must not")
