@@ -1,11 +1,11 @@
 """Time and memory of causal attention, forward + backward: our kernels against PyTorch's SDPA.
 
-Claim (the issue's goal): our blockwise attention (arch/blockwise_attention.py, at its default
+Claim: our blockwise attention (arch/blockwise_attention.py, at its default
 block of 512) computes causal self-attention forward + backward at t = 4096 (b8, d256, 4 heads
 of 64, float32) no slower than PyTorch's `scaled_dot_product_attention(is_causal=True)` (its
 flash-attention CPU kernel) and in no more memory.
 
-Command: python -m experiments.attention_speed      (about 5 minutes on a quiet 2-core CPU)
+Command: python -m experiments.attention_speed      (--smoke: t = 64, width 32)
          python -m experiments.attention_speed --lengths 1024 --block-sizes 256 --no-torch
 
 Workload: query, key, value [b, t, h, e] float32, random normal; one call is the output and
@@ -13,36 +13,23 @@ the gradients with respect to q, k and v of sum(output * c) for a fixed random c
 VJP), at t = 512 / 2048 / 4096. Implementations: `arch.attention.dot_product_attention` with
 kernel "einsum" (the reference, stores the [b, h, t, t] scores), "xla"
 (`jax.nn.dot_product_attention`) and "blockwise" at each block size, and PyTorch's SDPA on
-[b, h, t, e] tensors (threads = cores) when torch imports. All run round-robin (train/measure/bench.py:
-median, min-max of `repeats` samples after a warm-up); JAX compile time is reported apart. The
-outputs and gradients of every implementation are compared with the einsum kernel's. "No
-slower" allows the machine's noise: a time ratio up to 1 / 0.87.
+[b, h, t, e] tensors (threads = cores) when torch imports. All run round-robin
+(train/measure/bench.py: median, min-max of `repeats` samples after a warm-up); JAX compile
+time is reported apart. The outputs and gradients of every implementation are compared with
+the einsum kernel's. "No slower" allows the machine's noise: a time ratio up to 1 / bench.TIE.
 
 Peak memory, in bytes of arrays: JAX's is the compiled executable's own plan (memory_analysis:
 arguments + outputs + temporaries, train/measure/bench.py `memory`); PyTorch's is the bytes of its
 inputs (q, k, v, c) plus the highest net sum of the tensor allocations and frees that
 `torch.profiler` (profile_memory) records during one call, which ends holding the output and
 the three gradients, as JAX's outputs do. (tracemalloc sees no tensor memory.) Checked once
-against the growth of the RSS high-water mark during one call in a fresh process (t = 4096):
-PyTorch 162 MiB, blockwise 512 161 MiB, blockwise 256 139 MiB, each within 1 MiB of the figure
-here minus the 128 MiB of inputs.
+against the growth of the RSS high-water mark during one call in a fresh process (README.md).
 
-Result (2026-11-21, 2 cores of an AMD EPYC, jax 0.10.2, torch 2.13.0 on 2 threads; load average
-0.8 before the run, ~1.9 during it with our own two threads; 303 s): the claim holds. At
-t = 4096 blockwise 512 takes 1.27 s per forward + backward against SDPA's 1.64 s (0.78x) in
-289.3 MiB against 290.5 MiB (1.00x: a thin margin that rests on XLA's buffer placement); block
-256 1.49 s (0.91x) in 267 MiB (0.92x); block 128 2.30 s (1.40x: the overhead of 2112 block
-pairs per pass) in 261 MiB. The einsum kernel 5.48 s in 6.3 GiB (3.3x the time, 22x the
-memory), xla 17.6 s in 8.3 GiB (10.7x, 29x). Time over SDPA at t = 512 / 2048 / 4096:
-blockwise 512 1.44 / 0.78 / 0.78, 256 0.84 / 0.93 / 0.91, 128 0.76 / 1.34 / 1.40, einsum
-1.77 / 2.43 / 3.34; at t = 512 a block of 512 is the whole sequence, so its masked causal half
-is computed too. All outputs and gradients agree with the einsum kernel's within 7.6e-6.
-Compile: blockwise 0.6-0.8 s, einsum and xla 0.2-0.3 s.
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,18 +37,17 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import tyro
 
 from arch.attention import dot_product_attention
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.measure import bench
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 
-TIE = 1 / 0.87  # time ratios under ~1.15 are noise on the shared machine (BASELINES.md)
 DEFAULT_BLOCK = 512  # dot_product_attention's default block_size
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     lengths: tuple[int, ...] = (512, 2048, 4096)
     batch: int = 8
     width: int = 256
@@ -77,8 +63,10 @@ class Config:
     torch: bool = True
     """Time PyTorch's SDPA too when torch imports (--no-torch: JAX only)."""
     seed: int = 0
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def smoke_settings(self) -> dict:
+        return dict(lengths=(64,), batch=2, width=32, block_sizes=(16, DEFAULT_BLOCK), repeats=2,
+                    min_sample_seconds=0.0)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -253,9 +241,9 @@ def pivot(rows: list[dict], lengths: tuple[int, ...]) -> str:
 
 def verdict(rows: list[dict], lengths: tuple[int, ...]) -> tuple[bool | None, dict]:
     """Whether the claim holds at the longest length: the blockwise kernel at its default block
-    size is no slower than PyTorch (a time ratio within the noise, TIE) and needs no more
-    memory (None without PyTorch or without that block size); and the same test for each block
-    size measured."""
+    size is no slower than PyTorch (a time ratio within the noise, up to 1 / bench.TIE) and
+    needs no more memory (None without PyTorch or without that block size); and the same test
+    for each block size measured."""
     longest = [r for r in rows if r["length"] == lengths[-1] and r["family"] == "ours"]
     if not longest or "time_vs_torch" not in longest[0]:
         return None, {}
@@ -263,12 +251,19 @@ def verdict(rows: list[dict], lengths: tuple[int, ...]) -> tuple[bool | None, di
         r["block_size"]: {
             "time_vs_torch": r["time_vs_torch"],
             "memory_vs_torch": r["memory_vs_torch"],
-            "meets_goal": r["time_vs_torch"] <= TIE and r["memory_vs_torch"] <= 1.0,
+            "meets_goal": r["time_vs_torch"] <= 1 / bench.TIE and r["memory_vs_torch"] <= 1.0,
         }
         for r in longest
     }
     default = by_block.get(DEFAULT_BLOCK)
     return (default["meets_goal"] if default else None), by_block
+
+
+def claim(config: Config) -> str:
+    return (
+        f"blockwise attention (block {DEFAULT_BLOCK}) is no slower than PyTorch's SDPA and "
+        f"needs no more memory at t={config.lengths[-1]}"
+    )
 
 
 def summary_line(results: dict) -> str:
@@ -304,15 +299,7 @@ def summary_line(results: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(
-            config, lengths=(64,), batch=2, width=32, block_sizes=(16, DEFAULT_BLOCK), repeats=2,
-            min_sample_seconds=0.0,
-        )  # fmt: skip
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    out = experiment_dir("attention_speed", config.run_dir)
+def study(config: Config, out: str) -> dict:
     torch, torch_missing = bench.load_torch(config.torch)
     if torch is None:
         print(f"PyTorch: {torch_missing}; comparing JAX kernels only")
@@ -324,18 +311,11 @@ def main(argv: list[str] | None = None) -> dict:
     holds, by_block = verdict(rows, config.lengths)
     busiest = max(r["load_average"] for r in rows)
     results = {
-        "claim": (
-            f"blockwise attention (block {DEFAULT_BLOCK}) is no slower than PyTorch's SDPA and "
-            f"needs no more memory at t={config.lengths[-1]}"
-        ),
         "holds": holds,
         "goal_by_block_size": by_block,
         "command": "python -m experiments.attention_speed",
-        "config": dataclasses.asdict(config),
         "device": bench.device_description(),
-        "load_average_at_start": load_at_start,  # other jobs; ours adds ~1 per busy thread
         "max_load_average": busiest,
-        "versions": {**bench.versions(), "torch": torch.__version__ if torch else None},
         "torch": bench.torch_record(torch, torch_missing),
         "dtype": "float32",
         "batch": config.batch,
@@ -348,10 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "measurements": rows,
         "max_abs_difference": max(r["max_abs_difference"] for r in rows),
-        "wall_seconds": time.perf_counter() - started,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     plot(rows, config, os.path.join(out, "attention_speed.png"))
     print(f"\ncausal attention fwd+bwd, b{config.batch} d{config.width} h{config.heads} float32")
     print(pivot(rows, config.lengths))
@@ -362,12 +339,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(rows, columns))
     print(f"\nmax |implementation - einsum| over outputs and gradients: "
           f"{results['max_abs_difference']:.2g}")  # fmt: skip
-    print(f"load average {load_at_start:.1f} at the start, up to {busiest:.1f} while running")
-    if load_at_start > 1.5 or busiest > (os.cpu_count() or 2) + 1:
-        print("warning: other jobs share the cores: the numbers are noisy")
-    print(f"wall time {results['wall_seconds']:.0f} s; README row:\n{results['summary']}")
+    print(f"load average up to {busiest:.1f} while running")
     return results
 
 
+EXPERIMENT = Experiment("attention_speed", claim, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

@@ -6,7 +6,7 @@ forward + backward; on a GPU the parallel scan is expected to win. "About 2x" is
 parallel scan takes at least 1.5x the sequential scan's time at every t >= 1024 (on a GPU: less
 than 1x).
 
-Command: python -m experiments.linear_scan_speed      (about 80 s on a 2-core CPU)
+Command: python -m experiments.linear_scan_speed      (--smoke: t = 1024 and 16, width 8)
          python -m experiments.linear_scan_speed --lengths 1024 4096 --complex-lengths
 
 Workload: `arch.linear_scan.linear_scan` on a, b [b, t, n] (b8, n256; a real with
@@ -18,26 +18,11 @@ respect to a and b: the gradients of sum(h * c)). Every implementation and pass 
 runs round-robin (train/measure/bench.py: median, min-max of `repeats` samples after a warm-up);
 compile time is reported apart; memory is the compiled executable's own plan (arguments +
 outputs + temporaries, bench.memory). Outputs (and gradients) are compared with the reference's.
-
-Result (2026-11-21, 2 cores of an AMD EPYC, jax 0.10.2; load average 1.3 before the run, up to
-3.2 during it, i.e. about one other busy thread beside our two; 79 s): the claim holds. Forward +
-backward, median ms (min-max) at t = 256 / 1K / 4K / 16K: lax.scan 1.6 / 21.8 / 120 / 326
-(276-440 at 16K), associative scan 3.2 / 38.9 / 193 / 676 (440-731): parallel over sequential
-1.96 / 1.78 / 1.60 / 2.07 (the issue's baselines: 24 / 85 / 413 ms against 37 / 174 / 741 at
-1K / 4K / 16K, 1.5-2.0x). Forward only: 1.91 / 1.80 / 1.61 / 1.47. Unrolling the sequential
-scan 8 times is slower everywhere: 2.87 / 1.68 / 1.44 / 1.45x forward + backward, 3.75 / 1.90 /
-1.22 / 1.35x forward. complex64 at 1K: unroll 8 1.50x, parallel 1.92x (forward + backward); a
-complex step costs 2.3x a real one. Memory (compiled plan) is no reason to choose: the parallel
-scan needs 1.14-1.15x the sequential one's (1469 against 1280 MiB at 16K forward + backward; the
-sequential scan's temporaries, 512 MiB there, are its time-major copies and saved states).
-Compile: sequential 0.1-0.3 s, parallel 1.0 s forward and 2.9 s forward + backward at 16K
-(4.0 s complex at 1K). Outputs and gradients agree with lax.scan's to 4.8e-7 of their largest
-magnitude (unroll 8: bit for bit in the real forward pass, 3.3e-7 in the gradients).
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import tyro
 
 from arch.linear_scan import linear_scan
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.measure import bench
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 
 REFERENCE = "sequential"  # unroll 1
 PASSES = ("forward", "forward+backward")
@@ -57,7 +42,7 @@ CPU_SLOWDOWN = 1.5  # "about 2x": parallel / sequential time at least this on a 
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     lengths: tuple[int, ...] = (256, 1024, 4096, 16384)
     complex_lengths: tuple[int, ...] = (1024,)
     """Lengths also measured with complex64 a and b (none: --complex-lengths with no value)."""
@@ -70,8 +55,10 @@ class Config:
     min_sample_seconds: float = 0.2
     """Each timed sample repeats the call until it lasts about this long."""
     seed: int = 0
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def smoke_settings(self) -> dict:
+        return dict(lengths=(1024,), complex_lengths=(16,), batch=2, width=8, unrolls=(1, 4),
+                    repeats=2, min_sample_seconds=0.0)  # fmt: skip
 
 
 def random_arrays(config: Config, length: int, complex_: bool) -> tuple[np.ndarray, ...]:
@@ -222,6 +209,12 @@ def pivot(rows: list[dict], lengths: list[int]) -> str:
     return format_table(list(table.values()), columns)
 
 
+CLAIM = (
+    "on a 2-core CPU the sequential scan (lax.scan) is about 2x (>= 1.5x) faster than "
+    "the associative scan at 1K-16K steps, forward+backward; on a GPU the parallel wins"
+)
+
+
 def summary_line(results: dict) -> str:
     """A row for README.md's table of experiments: command, claim, result."""
     lengths, rows = results["lengths"], results["measurements"]
@@ -256,15 +249,7 @@ def summary_line(results: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(
-            config, lengths=(1024,), complex_lengths=(16,), batch=2, width=8, unrolls=(1, 4),
-            repeats=2, min_sample_seconds=0.0,
-        )  # fmt: skip
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    out = experiment_dir("linear_scan_speed", config.run_dir)
+def study(config: Config, out: str) -> dict:
     rows = []
     measured = [(t, False) for t in config.lengths] + [(t, True) for t in config.complex_lengths]
     for length, complex_ in measured:
@@ -275,19 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
     holds, ratios = verdict(rows, platform)
     busiest = max(r["load_average"] for r in rows)
     results = {
-        "claim": (
-            "on a 2-core CPU the sequential scan (lax.scan) is about 2x (>= 1.5x) faster than "
-            "the associative scan at 1K-16K steps, forward+backward; on a GPU the parallel wins"
-        ),
         "holds": holds,
         "platform": platform,
         "parallel_over_sequential": ratios,  # float32 forward+backward, by length
         "command": "python -m experiments.linear_scan_speed",
-        "config": dataclasses.asdict(config),
         "device": bench.device_description(),
-        "load_average_at_start": load_at_start,  # other jobs; ours adds ~1 per busy thread
         "max_load_average": busiest,
-        "versions": bench.versions(),
         "dtype": "float32",
         "batch": config.batch,
         "width": config.width,
@@ -297,10 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         "measurements": rows,
         "max_abs_difference": max(r["max_abs_difference"] for r in rows),
         "max_relative_difference": max(r["max_relative_difference"] for r in rows),
-        "wall_seconds": time.perf_counter() - started,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     plot(rows, config, os.path.join(out, "linear_scan_speed.png"))
     print(f"\nlinear scan h_t = a_t h_(t-1) + b_t, b{config.batch} n{config.width}, "
           f"{results['device']}, jax {jax.__version__}")  # fmt: skip
@@ -310,12 +285,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmax |implementation - sequential| over outputs and gradients: "
           f"{results['max_abs_difference']:.2g} "
           f"({results['max_relative_difference']:.2g} of the largest magnitude)")  # fmt: skip
-    print(f"load average {load_at_start:.1f} at the start, up to {busiest:.1f} while running")
-    if load_at_start > 1.5 or busiest > (os.cpu_count() or 2) + 1:
-        print("warning: other jobs share the cores: the numbers are noisy")
-    print(f"wall time {results['wall_seconds']:.0f} s; README row:\n{results['summary']}")
+    print(f"load average up to {busiest:.1f} while running")
     return results
 
 
+EXPERIMENT = Experiment("linear_scan_speed", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

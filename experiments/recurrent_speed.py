@@ -4,8 +4,7 @@ Claim: our RNN layer (arch.rnn_layer.RNN, default formulation: input product fus
 scanned step, unroll 2) trains and infers at least as fast as Flax's built-in nn.RNN computing
 the same function, within the ~15% noise of a shared machine, at every length measured.
 
-Command: python -m experiments.recurrent_speed      (about 5 minutes on a quiet 2-core CPU;
-         12-25 minutes when other jobs share the cores)
+Command: python -m experiments.recurrent_speed      (--smoke: width 32, length 16)
          python -m experiments.recurrent_speed --cells lstm --lengths 256 --no-torch
 
 One layer over inputs [b, t, d] (d input features = d hidden units), float32. "train" is one
@@ -27,29 +26,11 @@ Ours runs with backward="auto" (arch/rnn_layer.py: the LSTM takes the hand-writt
 backward pass, the GRU autodiff); "ours fused u2 autodiff" / "ours fused u2 custom" time the
 other backward pass beside it. "proto ..." rows are benchmark-only formulations that arch/ does
 not have: `concatenated_lstm` / `concatenated_gru` (one [x_t, h_{t-1}] @ W product per step).
-
-Result (2026-11-21, 2 cores of an AMD EPYC, jax 0.10.2, torch 2.13.0, load average < 2.2;
-tokens/s ratios at T = 64/256/1024; 229 s): the claim holds everywhere. Ours (fused, u2, the
-defaults) over Flax's fastest built-in: LSTM train 1.05/1.07/1.09, infer 1.12/1.23/1.02; GRU
-train 1.37/1.23/1.26, infer 1.34/1.34/1.26. The LSTM's custom backward pass trains 1.12/1.08/
-1.16x faster than autodiff (before it, LSTM training was a 0.89-0.99 tie with Flax); for the
-GRU it is 0.87-0.92x, so "auto" keeps autodiff there. Over PyTorch: LSTM train 0.51/0.70/0.90
-and infer 0.66/0.63/0.67 (its fused oneDNN LSTM kernel, 106k/80k/64k tokens/s train: the goal
-of matching it at T >= 256 is NOT met), GRU train 1.83/1.46/1.81, infer 1.82/1.88/1.77 (PyTorch
-has no fused GRU on CPU). What bounds the LSTM: XLA:CPU's per-iteration cost of the while loop
-and the elementwise gates (a loop that only adds [32, 1024] arrays costs ~60 us per step here;
-the gates' sigmoid / tanh ~75 us of our ~136 us step), not the matrix products. Tried and not
-adopted: hoisting (inference 0.4-0.6x), unroll 4 (a tie), the concatenated product (0.8-0.9x),
-storing the gates' residuals in the custom backward instead of recomputing them (1.05-1.10x
-instead of 1.12-1.17x), the global XLA flags --xla_cpu_enable_fast_math (+13% LSTM inference,
-but it changes numerics process-wide) and --xla_cpu_use_xnnpack (+10%). u2 was chosen as the
-default after an earlier quiet run (GRU train 1.11-1.19x, infer 1.23-1.29x over u1). On a busy
-machine the spread grows to ~35% and PyTorch's OpenMP threads stall: compare quiet runs.
+The result is in README.md's table of experiments.
 """
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -58,10 +39,10 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import tyro
 
 from arch.rnn_cells import Cell, GRUCell, LSTMCell
 from arch.rnn_layer import RNN, Backward
+from experiments.common.scaffold import Experiment, ExperimentConfig
 from train.measure import bench
 from train.measure.recurrent_layers import (
     MODES,
@@ -77,14 +58,14 @@ from train.measure.recurrent_layers import (
     random_weights,
     torch_layer,
 )
-from train.report import experiment_dir, figure, format_table, save_figure, write_results
+from train.report import figure, format_table, save_figure
 
 DEFAULT = "ours fused u2"  # the formulation arch/ uses by default (GRU: with reset_after=True)
-TIE = 0.87  # differences under ~15% are noise on the shared machine (BASELINES.md)
+CLAIM = "our RNN layer (fused, unroll 2) is at least as fast as Flax's nn.RNN"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     cells: tuple[Literal["lstm", "gru"], ...] = ("lstm", "gru")
     lengths: tuple[int, ...] = (64, 256, 1024)
     batch: int = 32
@@ -104,8 +85,16 @@ class Config:
     torch: bool = True
     """Time PyTorch too when it imports (--no-torch: JAX only)."""
     seed: int = 0
-    smoke: bool = False
-    run_dir: str | None = None
+
+    def smoke_settings(self) -> dict:
+        return dict(
+            width=32,
+            lengths=(16,),
+            repeats=2,
+            unrolls=(2,),
+            hoisted_unrolls=(),  # tests/test_recurrent.py proves hoisted == fused
+            min_sample_seconds=0.0,
+        )
 
 
 def our_layer(cell: Cell, hoist: bool, unroll: int, backward: Backward = "auto") -> Callable:
@@ -339,20 +328,7 @@ def summary_line(results: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(Config, args=argv)
-    if config.smoke:
-        config = dataclasses.replace(
-            config,
-            width=32,
-            lengths=(16,),
-            repeats=2,
-            unrolls=(2,),
-            hoisted_unrolls=(),  # tests/test_recurrent.py proves hoisted == fused
-            min_sample_seconds=0.0,
-        )
-    started = time.perf_counter()
-    out = experiment_dir("recurrent_speed", config.run_dir)
+def study(config: Config, out: str) -> dict:
     torch, torch_missing = bench.load_torch(config.torch)
     if torch is None:
         print(f"PyTorch: {torch_missing}; comparing JAX implementations only")
@@ -374,13 +350,10 @@ def main(argv: list[str] | None = None) -> dict:
     for r in ratios:
         fastest.setdefault(r["cell"], {}).setdefault(r["mode"], {})[r["length"]] = r["fastest_ours"]
     results = {
-        "claim": "our RNN layer (fused, unroll 2) is at least as fast as Flax's nn.RNN",
-        "holds": all(r["ours_vs_flax"] >= TIE for r in ratios),
+        "holds": all(r["ours_vs_flax"] >= bench.TIE for r in ratios),
         "command": "python -m experiments.recurrent_speed",
-        "config": dataclasses.asdict(config),
         "device": bench.device_description(),
         "max_load_average": busiest,
-        "versions": {**bench.versions(), "torch": torch.__version__ if torch else None},
         "torch": bench.torch_record(torch, torch_missing),
         "dtype": "float32",
         "batch": config.batch,
@@ -392,10 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_abs_difference": max_abs_difference,
         "max_abs_difference_outputs": differences["outputs"],
         "max_relative_difference_input_gradient": differences["input_gradient"],
-        "wall_seconds": time.perf_counter() - started,
     }
-    results["summary"] = summary_line(results)
-    write_results(out, results)
     plot(rows, config, os.path.join(out, "recurrent_speed.png"))
     for cell_name in config.cells:
         print(f"\n{cell_name}: median k tokens/s (b{config.batch} d{config.width} float32)")
@@ -413,9 +383,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores: the numbers "
             "are noisy (PyTorch's OpenMP threads stall worst when the cores are oversubscribed)"
         )
-    print(f"wall time {results['wall_seconds']:.0f} s; README row:\n{results['summary']}")
     return results
 
 
+EXPERIMENT = Experiment("recurrent_speed", CLAIM, Config, study, summary_line=summary_line)
+main = EXPERIMENT.main
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.command_line()

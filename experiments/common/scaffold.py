@@ -98,8 +98,9 @@ def other_jobs_warning(load_at_start: float, load_at_end: float) -> str | None:
 class Experiment(Generic[ConfigT]):
     name: str
     """The module's name: the default run directory and `python -m experiments.<name>`."""
-    claim: str
-    """What the study tests, in one or two sentences (results["claim"])."""
+    claim: str | Callable[[ConfigT], str]
+    """What the study tests, in one or two sentences (results["claim"]); a function of the
+    config where the claim names a setting (the longest length measured)."""
     config: type[ConfigT]
     study: Callable[[ConfigT, str], dict[str, Any]]
     """(config, run directory) -> results: at least "holds" (a bool, or a bool per part of
@@ -125,7 +126,7 @@ class Experiment(Generic[ConfigT]):
         if taken := sorted(SCAFFOLD_KEYS & found.keys()):
             raise TypeError(f"{self.name}: the scaffold records {taken}; the study must not")
         results = {
-            "claim": self.claim,
+            "claim": self.claim(config) if callable(self.claim) else self.claim,
             **found,
             "config": dataclasses.asdict(config),
             "versions": versions(),
