@@ -232,7 +232,4 @@ def study(config: Config, out_dir: str) -> dict:
 
 
 EXPERIMENT = Experiment("analogies", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -39,7 +39,7 @@ import matplotlib
 import numpy as np
 
 from arch.attention import dot_product_attention
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
 from train.measure import bench
 from train.report import figure, format_table, save_figure
 
@@ -286,8 +286,7 @@ def summary_line(results: dict) -> str:
     else:
         parts = [f"{n} {series(n, 'time_vs_einsum')}" for n in names]
         text = f"Time over the einsum kernel at t={per_length}: {'; '.join(parts)}"
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     holds = {True: "holds", False: "fails", None: "untested (no PyTorch)"}[results["holds"]]
     meeting = [str(b) for b, v in results["goal_by_block_size"].items() if v["meets_goal"]]
     if results["goal_by_block_size"]:
@@ -344,7 +343,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("attention_speed", claim, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -36,7 +36,7 @@ from arch.decoding import generate
 from arch.errors import ConfigError
 from arch.layers import Positional
 from experiments.common.language import LanguageModelConfig, fit_language_model
-from experiments.common.scaffold import Experiment
+from experiments.common.scaffold import Experiment, runtime_text
 from train.loop import FitResult
 from train.report import figure, format_table, save_figure
 from train.tasks import MarkovLanguage
@@ -153,8 +153,7 @@ def summary_line(results: dict) -> str:
         f"(gap **{r['gap_bits']:.3f}**, {r['train_time_s']:.0f} s)"
         for r in results["models"]
     )
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     return (
         f"| `python -m experiments.charlm` (~{runtime}) | on the known-entropy language a "
         f"decoder-only Transformer, an LSTM and a GRU of about the same size all get within 0.1 "
@@ -261,7 +260,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("charlm", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from arch import MODELS
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.report import figure, format_table, save_figure
@@ -115,8 +115,7 @@ def plot(images, truths, detections, threshold: float, path: str, columns: int =
 def summary_line(results: dict) -> str:
     """A row for README.md's table of experiments: command, claim, result."""
     per_class = ", ".join(f"{c} {ap:.3f}" for c, ap in zip(CLASSES, results["ap"], strict=True))
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     return (
         f"| `python -m experiments.detection` (~{runtime}) | a small YOLO-style grid detector "
         f"reaches mAP@0.5 > {MAP_BAR} on held-out generated scenes | "
@@ -187,7 +186,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("detection", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -90,7 +90,4 @@ def report(results: dict, config: Config, out: str) -> None:
 
 
 EXPERIMENT = Experiment("digits", CLAIM, Config, study, report)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -222,7 +222,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("gpt_speed", CLAIM, Config, study)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

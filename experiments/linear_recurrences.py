@@ -39,7 +39,7 @@ from typing import Any
 
 from arch import MODELS
 from arch.linear_rnn import Mixer
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.report import figure, format_table, save_figure
@@ -209,8 +209,7 @@ def summary_line(results: dict) -> str:
         found = [r for r in rows if r["task"] == task and r["setting"] == setting]
         return ", ".join(f"{r['model']} {r['value']:{fmt}}" for r in found)
 
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     return (
         f"| `python -m experiments.linear_recurrences` (~{runtime}) | LRU, minGRU, minLSTM and "
         f"a Mamba-style SSM train on the adding problem, the copy task and a known-entropy "
@@ -323,7 +322,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("linear_recurrences", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -32,7 +32,7 @@ import matplotlib
 import numpy as np
 
 from arch.linear_scan import linear_scan
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
 from train.measure import bench
 from train.report import figure, format_table, save_figure
 
@@ -236,8 +236,7 @@ def summary_line(results: dict) -> str:
     parts = [f"{n} {series(n, PASSES[1], 'time_vs_sequential')}" for n in others]
     forward = [f"{n} {series(n, PASSES[0], 'time_vs_sequential')}" for n in others]
     memory = series("parallel", PASSES[1], "memory_vs_sequential")
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     holds = {True: "holds", False: "fails", None: "untested (no t >= 1024)"}[results["holds"]]
     return (
         f"| `python -m experiments.linear_scan_speed` (~{runtime}) | {results['claim']} | "
@@ -290,7 +289,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("linear_scan_speed", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

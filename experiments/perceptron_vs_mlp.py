@@ -132,7 +132,4 @@ def report(results: dict, config: Config, out_dir: str) -> None:
 
 
 EXPERIMENT = Experiment("perceptron_vs_mlp", CLAIM, Config, study, report)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

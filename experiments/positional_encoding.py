@@ -288,7 +288,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("positional_encoding", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -450,7 +450,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("recurrence_vs_attention", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

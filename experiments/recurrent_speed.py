@@ -42,7 +42,7 @@ import numpy as np
 
 from arch.rnn_cells import Cell, GRUCell, LSTMCell
 from arch.rnn_layer import RNN, Backward
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
 from train.measure import bench
 from train.measure.recurrent_layers import (
     MODES,
@@ -315,8 +315,7 @@ def summary_line(results: dict) -> str:
             gains = "/".join(f"{r['protos_vs_ours'][name]:.2f}" for r in train)
             protos.append(f"{name} {cell_name.upper()} {gains}")
     gains = "; ".join(protos)
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     over_torch = " (over PyTorch)" if results["torch"]["available"] else ""
     return (
         f"| `python -m experiments.recurrent_speed` (~{runtime}) | {results['claim']} | "
@@ -387,7 +386,4 @@ def study(config: Config, out: str) -> dict:
 
 
 EXPERIMENT = Experiment("recurrent_speed", CLAIM, Config, study, summary_line=summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -32,7 +32,7 @@ import numpy as np
 
 from arch import MODELS
 from arch.errors import ConfigError
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.report import figure, format_table, save_figure
@@ -199,8 +199,7 @@ def summary_line(results: dict) -> str:
         + f", test BLEU {r['test_decoded']['bleu']:.1f}"
         for r in results["runs"]
     )
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     return (
         f"| `python -m experiments.seq2seq_bottleneck` (~{runtime}) | without attention a GRU "
         f"encoder-decoder's exact match falls as the source grows; with Bahdanau attention or "
@@ -288,7 +287,4 @@ def report(results: dict, config: Config, out: str) -> None:
 
 
 EXPERIMENT = Experiment("seq2seq_bottleneck", CLAIM, Config, study, report, summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -361,7 +361,4 @@ def study(config: Config, out_dir: str) -> dict:
 
 
 EXPERIMENT = Experiment("vanishing_gradients", CLAIM, Config, study)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -19,7 +19,7 @@ import numpy as np
 
 from arch import MODELS
 from arch.errors import ConfigError
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
 from train.optim import OptimConfig
 from train.report import fit_seeds, format_table, plot_seed_summaries, seed_summary
 from train.state import parameter_count
@@ -101,8 +101,7 @@ def summary_line(results: dict) -> str:
         f"± {r['test_accuracy_std']:.3f} ({r['train_time_s']:.1f} s/run)"
         for r in rows
     )
-    seconds = results["wall_seconds"]
-    runtime = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    runtime = runtime_text(results)
     return (
         f"| `python -m experiments.vit_vs_cnn` (~{runtime}) | on digits a CNN beats a ViT "
         f"of equal parameter count (locality prior) | **{'holds' if results['holds'] else 'fails'}"
@@ -166,7 +165,4 @@ def report(results: dict, config: Config, out: str) -> None:
 
 
 EXPERIMENT = Experiment("vit_vs_cnn", CLAIM, Config, study, report, summary_line)
-main = EXPERIMENT.main
-
-if __name__ == "__main__":
-    EXPERIMENT.command_line()
+main = EXPERIMENT.main_of(__name__)

@@ -104,3 +104,12 @@ def test_the_other_jobs_warning_reads_the_load_at_both_ends(monkeypatch):
     assert other_jobs_warning(0.2, 2.5) is None  # the study's own threads, on a quiet machine
     assert "1.6 at the start" in other_jobs_warning(1.6, 0.5)
     assert "3.5 at the end" in other_jobs_warning(0.0, 3.5)
+
+
+def test_main_of_runs_the_command_line_only_for_the_main_module(tmp_path, monkeypatch):
+    experiment = toy()
+    monkeypatch.setattr(sys, "argv", ["toy", "--smoke", "--run-dir", str(tmp_path)])
+    assert experiment.main_of("experiments.toy") == experiment.main  # imported: nothing runs
+    assert not (tmp_path / "results.json").exists()
+    experiment.main_of("__main__")  # python -m experiments.toy
+    assert json.loads((tmp_path / "results.json").read_text())["steps_run"] == 3

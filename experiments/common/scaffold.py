@@ -13,10 +13,7 @@ the load of the machine, write results.json, report, and warn when other jobs sh
 status 2, not a traceback.
 
     EXPERIMENT = Experiment("perceptron_vs_mlp", CLAIM, Config, study, report)
-    main = EXPERIMENT.main
-
-    if __name__ == "__main__":
-        EXPERIMENT.command_line()
+    main = EXPERIMENT.main_of(__name__)
 """
 
 import dataclasses
@@ -81,6 +78,12 @@ def versions() -> dict[str, str | None]:
     the study compared against it (imported it), else None."""
     torch = sys.modules.get("torch")
     return {**bench.versions(), "torch": getattr(torch, "__version__", None)}
+
+
+def runtime_text(results: dict[str, Any]) -> str:
+    """The study's wall time as the README's table gives it: seconds, or minutes from 90 s."""
+    seconds = results["wall_seconds"]
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def other_jobs_warning(load_at_start: float, load_at_end: float) -> str | None:
@@ -149,6 +152,13 @@ class Experiment(Generic[ConfigT]):
         if self.summary_line is not None:
             print(f"README row:\n{results['summary']}")
         return results
+
+    def main_of(self, module_name: str) -> Callable[[list[str] | None], dict[str, Any]]:
+        """`main`, the experiment's function for tests and scripts; first its command line when
+        `module_name` is "__main__" (the module runs as `python -m experiments.<name>`)."""
+        if module_name == "__main__":
+            self.command_line()
+        return self.main
 
     def command_line(self) -> None:
         """`python -m experiments.<name>`: run it; a bad configuration is one line on stderr and
