@@ -3,7 +3,6 @@
 import flax.linen as nn
 
 from arch.cnn import Detector, LeNet, ResNet
-from arch.transformer import MaskedLanguageModel, TransformerClassifier
 from arch.linear_rnn import (
     LinearRecurrentClassifier,
     LinearRecurrentLM,
@@ -12,7 +11,12 @@ from arch.linear_rnn import (
 from arch.mlp import MLP, Perceptron
 from arch.rnn import RNNClassifier, RNNLanguageModel, RNNTagger
 from arch.seq2seq import RNNSeq2Seq
-from arch.transformer import EncoderDecoderTransformer, TransformerLM
+from arch.transformer import (
+    EncoderDecoderTransformer,
+    MaskedLanguageModel,
+    TransformerClassifier,
+    TransformerLM,
+)
 from arch.vit import ViT
 from arch.word2vec import SkipGram
 

@@ -58,7 +58,8 @@ def scan_forward(
     """xs [t, b, f], masks [t, b] -> (final state, outputs [t, b, n], residuals or None).
 
     hoist: W_x x_t + b for all steps as one [t*b, f] x [f, g*n] product before the loop.
-    save: also return, per step, the state before it and both projections (for `scan_backward`).
+    save: also return, per step, the state before it and both projections (for the custom
+    backward pass).
     """
     time, batch, features = xs.shape
     if hoist:

@@ -7,8 +7,8 @@ Legend: b batch, y / x image rows / columns, c channels, p patch size, n patches
 import flax.linen as nn
 import jax
 
-from arch.transformer import TransformerClassifier
 from arch.errors import ConfigError
+from arch.transformer import TransformerClassifier
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:

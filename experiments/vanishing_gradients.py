@@ -22,7 +22,7 @@ Three parts (legend: b batch, t time, f input features, n hidden units; distance
 3. An Elman RNN made to explode: the orthogonal recurrent kernel scaled by 1.5 after
    initialisation (passed to fit through init_params), trained with plain SGD (lr 0.05, 1000
    steps) with and without clip_norm 1, and a control at the default scale without clipping.
-   A run that produces a NaN or infinity stops with train.loop.NonFiniteError; its step is
+   A run that produces a NaN or infinity stops with train.guards.NonFiniteError; its step is
    recorded, its loss curve read from metrics.jsonl. Also reported: the norm of the loss
    gradient at initialisation on the first training batch.
 
@@ -47,7 +47,8 @@ import optax
 
 from arch import MODELS
 from experiments.common.scaffold import Experiment, ExperimentConfig
-from train.loop import NonFiniteError, RunConfig, adapt_model, fit
+from train.guards import NonFiniteError
+from train.loop import RunConfig, adapt_model, fit
 from train.optim import OptimConfig, make_optimizer
 from train.report import figure, format_table, save_figure
 from train.step import init_state, merge_params

@@ -153,7 +153,8 @@ def main() -> None:
         restore_sharded(args.run_dir)
         return
 
-    from train.loop import NonFiniteError, Preempted, fit
+    from train.guards import NonFiniteError, Preempted
+    from train.loop import fit
 
     model, task = case(args.case)
     optim, run = configs(args.run_dir, args.skip_non_finite)

@@ -1,4 +1,5 @@
-"""train/measure/bench.py: the measurement harness reports what it says it does (no timing asserts)."""
+"""train/measure/bench.py: the measurement harness reports what it says it does (no timing
+asserts)."""
 
 import jax
 import jax.numpy as jnp
@@ -53,4 +54,27 @@ def test_versions_and_device_memory_are_reported():
     info = bench.versions()
     assert info["jax"] == jax.__version__ and info["backend"] == jax.default_backend()
     memory = bench.device_memory()
-    assert set(memory) <= {"bytes_in_use", "peak_bytes_in_use"}  # {} on CPU
+    stats = jax.devices()[0].memory_stats()
+    if not stats:  # the CPU backend keeps no allocator statistics: nothing is reported
+        assert memory == {}
+    else:
+        assert set(memory) == {"bytes_in_use", "peak_bytes_in_use"} & set(stats)
+        assert all(isinstance(v, int) and v >= 0 for v in memory.values())
+
+
+class FakeDevice:
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        if isinstance(self.stats, Exception):
+            raise self.stats
+        return self.stats
+
+
+def test_device_memory_reports_the_allocator_figures_it_finds_and_nothing_else():
+    stats = {"bytes_in_use": 3.0, "peak_bytes_in_use": 7, "num_allocs": 11}
+    assert bench.device_memory(FakeDevice(stats)) == {"bytes_in_use": 3, "peak_bytes_in_use": 7}
+    assert bench.device_memory(FakeDevice({"peak_bytes_in_use": 5})) == {"peak_bytes_in_use": 5}
+    assert bench.device_memory(FakeDevice(None)) == {}  # a backend without statistics
+    assert bench.device_memory(FakeDevice(RuntimeError("unsupported"))) == {}

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from train.checkpoint import CheckpointConfig, config_differences
-from train.loop import ConfigMismatchError, NonFiniteError, fit
+from train.guards import NonFiniteError
+from train.loop import ConfigMismatchError, fit
 
 sys.path.insert(0, os.path.dirname(__file__))
 from resume_driver import case, configs, plant, poison  # noqa: E402

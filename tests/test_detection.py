@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from arch import MODELS, Detector
+from train.state import parameter_count
 from train.tasks.detection_metrics import (
     average_precision,
     batched_nms,
@@ -13,7 +14,6 @@ from train.tasks.detection_metrics import (
     mean_average_precision,
     nms,
 )
-from train.state import parameter_count
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from helpers import random_inputs
 from arch import MODELS
 from arch.errors import ConfigError
 from arch.linear_mixers import LRU, MinGRU, MinLSTM
-from arch.linear_scan import linear_scan, log_linear_scan, selective_scan
 from arch.linear_rnn import LinearRecurrentLM
+from arch.linear_scan import linear_scan, log_linear_scan, selective_scan
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import Adding

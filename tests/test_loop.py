@@ -12,7 +12,8 @@ from arch import MLP, MODELS, LeNet, Perceptron
 from arch.errors import ConfigError
 from train.__main__ import main
 from train.checkpoint import CheckpointConfig
-from train.loop import FitResult, NonFiniteError, RunConfig, evaluate, fit
+from train.guards import NonFiniteError
+from train.loop import FitResult, RunConfig, evaluate, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Digits, Xor
 from train.validate import adapt_model

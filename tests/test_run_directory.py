@@ -20,7 +20,8 @@ import pytest
 
 from arch.errors import ConfigError
 from train.checkpoint import CheckpointConfig
-from train.loop import NonFiniteError, RunConfig, fit
+from train.guards import NonFiniteError
+from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.rundir import RunLock, StorageError, holder_pid
 

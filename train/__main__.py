@@ -39,7 +39,8 @@ import tyro  # noqa: E402
 from arch import MODELS, describe  # noqa: E402
 from arch.errors import ConfigError  # noqa: E402
 from train.checkpoint import CheckpointConfig  # noqa: E402
-from train.loop import NonFiniteError, Preempted, RunConfig, fit  # noqa: E402
+from train.guards import NonFiniteError, Preempted  # noqa: E402
+from train.loop import RunConfig, fit  # noqa: E402
 from train.optim import OptimConfig  # noqa: E402
 from train.report import format_table  # noqa: E402
 from train.rundir import StorageError  # noqa: E402

@@ -12,18 +12,15 @@ import functools
 import json
 import os
 import signal
-import threading
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-import tyro
 
 from arch.errors import ConfigError
 from train.checkpoint import (
-    CheckpointConfig,
     Checkpoints,
     Restored,
     SavedRun,
@@ -33,18 +30,25 @@ from train.checkpoint import (
     state_arrays,
     tree_shapes,
 )
-from train.logger import MetricsLogger, Progress
+from train.guards import (
+    Preempted,
+    StopSignals,
+    check_finite,
+    host_means,
+)
+from train.logger import MetricsLogger
 from train.optim import (
     OptimConfig,
     learning_rate_schedule,
     make_optimizer,
 )
+from train.run_config import RunConfig
 from train.rundir import RunLock, write_atomically
 from train.runtime import enable_compilation_cache
-from train.sharding import Placement, ShardingConfig
+from train.sharding import Placement
 from train.state import TrainState, parameter_count
 from train.step import init_state, initial_state, make_eval_step, make_train_step
-from train.tasks.base import SPLITS, DataPosition
+from train.tasks.base import SPLITS, DataPosition, Task, check_task
 from train.validate import (
     adapt_model,
     check_batch_divides,
@@ -55,113 +59,8 @@ from train.validate import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """How long to train, how often to log and evaluate, and where to write."""
-
-    steps: int = 1000
-    """Train steps (micro-batches when gradients are accumulated)."""
-    eval_every: int = 250
-    log_every: int = 50
-    seed: int = 0
-    """Seed of parameter initialisation and dropout (the task's own seed orders the data)."""
-    run_dir: str | None = None
-    """Where to write config.json, metrics.jsonl, summary.json, TensorBoard (None: nowhere;
-    `python -m train` then uses runs/MODEL-TASK)."""
-    eval_batch_size: int = 512
-    compilation_cache: bool = True
-    """Keep compiled programs in a user cache directory so the next start skips compilation."""
-    progress: Progress = "auto"
-    tensorboard: bool = True
-    checkpoint: Annotated[CheckpointConfig, tyro.conf.Suppress] = CheckpointConfig()
-    """Checkpoints in RUN_DIR/checkpoints (train/checkpoint.py); re-running the same command
-    with the same run directory resumes from the latest."""
-    distributed: bool = False
-    """Join a multi-process run (jax.distributed.initialize; `python -m train` calls it before
-    touching a device): SLURM and TPU pods are detected, elsewhere set JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
-    sharding: Annotated[ShardingConfig, tyro.conf.Suppress] = ShardingConfig()
-    """The device mesh when more than one device is present (train/sharding.py); default:
-    data parallel over every device."""
-
-    @classmethod
-    def quiet(cls, steps: int, evaluations: int = 1, **fields: Any) -> "RunConfig":
-        """A run inside a study: evaluated and logged `evaluations` times (the last at the
-        end), no progress output, no TensorBoard; `fields` set anything else."""
-        every = max(steps // evaluations, 1)
-        defaults = {
-            "eval_every": every,
-            "log_every": every,
-            "progress": "off",
-            "tensorboard": False,
-            "checkpoint": CheckpointConfig(enabled=False),
-        }
-        return cls(steps=steps, **{**defaults, **fields})
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "eval_every", "log_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)} (set {flag})")
-        if self.run_dir is not None and not self.run_dir.strip():
-            raise ConfigError(
-                "run_dir is empty; give --run-dir a directory (without --run-dir the command "
-                "line writes to runs/MODEL-TASK)"
-            )
-
-
 class ConfigMismatchError(ConfigError):
     """The run directory holds checkpoints of a run configured differently."""
-
-
-class Preempted(Exception):  # noqa: N818 (an event, not an error)
-    """SIGTERM / SIGINT arrived: the step finished, a checkpoint was saved, the run stopped."""
-
-    def __init__(self, message: str, step: int, signal_number: int):
-        super().__init__(message)
-        self.step, self.signal_number = step, signal_number
-
-
-class StopSignals:
-    """While active (main thread only), SIGTERM and SIGINT are recorded instead of killing the
-    process, so the loop can finish its step and save, and start-up can stop between its phases
-    without an exception raised at a random point; the previous handlers come back after."""
-
-    def __init__(self, active: bool):
-        self.active = active and threading.current_thread() is threading.main_thread()
-        self.received: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if self.active:
-            for number in (signal.SIGTERM, signal.SIGINT):
-                if signal.getsignal(number) is not signal.SIG_IGN:  # ignored by choice: stays so
-                    self.previous[number] = signal.signal(number, self.record)
-        return self
-
-    def record(self, number: int, frame: Any) -> None:
-        self.received = number
-
-    def stop_if_received(self, when: str, step: int = 0) -> None:
-        """Preempted if a signal arrived (`when`: what the run was doing)."""
-        if self.received:
-            name = signal.Signals(self.received).name
-            raise Preempted(f"{name} received {when}", step, self.received)
-
-    def __exit__(self, *exc: Any) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-
-class NonFiniteError(FloatingPointError):
-    """Training produced a NaN or infinity; the message names the step and the metric.
-
-    `step` and `metric` say where; `history` holds the records logged before it.
-    """
-
-    def __init__(self, message: str, step: int, metric: str, history: list[dict[str, Any]]):
-        super().__init__(message)
-        self.step, self.metric, self.history = step, metric, history
 
 
 @dataclasses.dataclass
@@ -186,7 +85,7 @@ def module_config(model: nn.Module) -> dict[str, Any]:
     return {"class": type(model).__name__, **fields}
 
 
-def run_config_dict(model: nn.Module, task: Any, optim: OptimConfig, run: RunConfig) -> dict:
+def run_config_dict(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig) -> dict:
     return {
         "model": module_config(model),
         "task": {"class": type(task).__name__, **dataclasses.asdict(task)},
@@ -213,88 +112,6 @@ def evaluate(
     return task.finalize_metrics(means)
 
 
-def first_non_finite(
-    step_metrics: list[dict[str, np.ndarray]], first_step: int, only: tuple[str, ...] = ()
-) -> tuple[int, str, float] | None:
-    """(step, metric, value) of the first NaN or infinity, naming the loss first if it is one
-    (`only`: look at these metrics alone)."""
-    for offset, metrics in enumerate(step_metrics):
-        for key in sorted(metrics, key=lambda k: k != "loss"):
-            if only and key not in only:
-                continue
-            if not np.all(np.isfinite(metrics[key])):
-                return first_step + offset, key, float(metrics[key])
-    return None
-
-
-def check_finite(
-    pending: list[dict[str, Any]],
-    first_step: int,
-    optim: OptimConfig,
-    checkpoints: Checkpoints | None,
-    history: list[dict[str, Any]],
-    in_a_row: int = 0,
-) -> int:
-    """NonFiniteError at the first of these steps (`pending`, from `first_step` on) whose
-    metrics hold a NaN or infinity; when non-finite updates are skipped, only once more than
-    optim.max_skipped steps in a row were skipped. Returns how many in a row end `pending`
-    (`in_a_row`: how many ended the steps before it)."""
-    advice = (
-        "lower --optim.lr, set --optim.clip-norm, or --optim.skip-non-finite to skip such updates"
-    )
-    if not optim.skip_non_finite:
-        problem = first_non_finite(pending, first_step)
-        if problem:
-            step, metric, value = problem
-            raise NonFiniteError(
-                f"non-finite {metric} ({value}) at step {step}; {advice}" + last_good(checkpoints),
-                step,
-                metric,
-                history,
-            )
-        return 0
-    for offset, metrics in enumerate(pending):
-        in_a_row = in_a_row + 1 if metrics["skipped"] else 0
-        if in_a_row > optim.max_skipped:
-            step = first_step + offset
-            metric = next(
-                (k for k in sorted(metrics, key=lambda k: k != "loss")
-                 if not np.all(np.isfinite(metrics[k]))),
-                "param_norm",
-            )  # fmt: skip
-            raise NonFiniteError(
-                f"{in_a_row} updates in a row were non-finite and skipped (steps "
-                f"{step - in_a_row + 1}-{step}, more than --optim.max-skipped "
-                f"{optim.max_skipped}; at step {step} the {metric} was non-finite, or the "
-                "parameters would have been); lower --optim.lr or set --optim.clip-norm"
-                + last_good(checkpoints),
-                step,
-                metric,
-                history,
-            )
-    return in_a_row
-
-
-def host_means(host: list[dict[str, Any]], task: Any, skip_non_finite: bool) -> dict:
-    """Mean of each metric over the interval's steps; with skipped non-finite updates, over
-    the finite steps only, and `skipped` = how many were skipped."""
-    if not skip_non_finite:
-        return task.finalize_metrics({k: float(np.mean([m[k] for m in host])) for k in host[0]})
-    finite = [m for m in host if not m["skipped"]]
-    kept = finite or host
-    means = {k: float(np.mean([m[k] for m in kept])) for k in host[0] if k != "skipped"}
-    means["skipped"] = float(len(host) - len(finite))
-    return task.finalize_metrics(means)
-
-
-def last_good(checkpoints: Checkpoints | None) -> str:
-    if checkpoints is None or not checkpoints.steps():
-        return ""
-    return (
-        f"; the last good checkpoint (step {checkpoints.steps()[-1]}) is in {checkpoints.directory}"
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A run checked from end to end, with nothing compiled and nothing written."""
@@ -308,7 +125,7 @@ class Prepared:
     config: dict
 
 
-def validation_metric_names(model: nn.Module, task: Any, abstract: TrainState, batch_size: int):
+def validation_metric_names(model: nn.Module, task: Task, abstract: TrainState, batch_size: int):
     """The metrics an evaluation reports, found by tracing one eval step (nothing compiled)."""
     batch = next(task.eval_batches("validation", batch_size))
     metrics = jax.eval_shape(make_eval_step(model, task), abstract, batch)
@@ -317,7 +134,7 @@ def validation_metric_names(model: nn.Module, task: Any, abstract: TrainState, b
 
 
 def prepare(
-    model: nn.Module, task: Any, optim: OptimConfig, run: RunConfig, init_params: Any
+    model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, init_params: Any
 ) -> Prepared:
     """Every check of the configuration that can be made before compiling or writing: each
     failure is one ConfigError."""
@@ -415,7 +232,7 @@ def begin(
 
 def fit(
     model: nn.Module,
-    task: Any,
+    task: Task,
     optim: OptimConfig = OptimConfig(),
     run: RunConfig = RunConfig(),
     init_params: Any = None,
@@ -488,7 +305,7 @@ class Job:
     """What the loop works with, besides the state it carries."""
 
     model: nn.Module
-    task: Any
+    task: Task
     optim: OptimConfig
     run: RunConfig
     tx: Any

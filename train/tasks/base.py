@@ -11,7 +11,7 @@ import functools
 import os
 import stat
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import numpy as np
@@ -236,4 +236,91 @@ def describe_task(cls: type) -> str:
     return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
 
-Task = Any  # any object with the methods of ArrayTask; later task families add their own bases
+@runtime_checkable
+class Task(Protocol):
+    """What fit(), the train step and the ensemble rely on of a task (ArrayTask and StreamTask
+    provide all of it; a task of another family implements it itself).
+
+    Besides these members a task is a dataclass (its fields are written to config.json and
+    are its command-line options). Batches are {"inputs", "targets", "mask"} dicts (Batch).
+    """
+
+    batch_size: int
+    """Examples per training batch (`examples_per_second` counts them)."""
+    seed: int
+    """Orders the training data; training batches are a pure function of (seed, position)."""
+
+    @property
+    def model_fields(self) -> dict[str, Any]:
+        """Model fields the task decides (num_outputs, vocab_size, ...): see adapt_model."""
+        ...
+
+    def output_shape(self, batch: Batch) -> tuple[int, ...]:
+        """The model output shape the loss expects for `batch` (checked before compiling)."""
+        ...
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(scalar loss, metrics): the metrics are means over the batch's mask."""
+        ...
+
+    def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Batch-averaged metrics -> the reported ones (e.g. perplexity from the mean loss)."""
+        ...
+
+    def train_batch(self, position: DataPosition) -> Batch:
+        """The training batch at `position`: the same position always gives the same batch,
+        which is what makes a resumed run exact."""
+        ...
+
+    def next_position(self, position: DataPosition) -> DataPosition:
+        """The position of the batch after the one at `position` (saved in checkpoints)."""
+        ...
+
+    def position_after(self, steps: int) -> DataPosition:
+        """The position reached after `steps` training batches from the start."""
+        ...
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """Every example of `split` (one of SPLITS) once, in batches of one static shape, the
+        padding masked out."""
+        ...
+
+
+TASK_MEMBERS = (
+    "batch_size",
+    "seed",
+    "model_fields",
+    "output_shape",
+    "loss",
+    "finalize_metrics",
+    "train_batch",
+    "next_position",
+    "position_after",
+    "eval_batches",
+)
+"""The members of Task, in the order check_task names the missing ones."""
+
+
+def missing_members(cls: type) -> list[str]:
+    """The members of Task that the class `cls` neither defines nor declares as a field
+    (looked up on the class, so that no property is evaluated and no data is loaded)."""
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    return [name for name in TASK_MEMBERS if name not in fields and not hasattr(cls, name)]
+
+
+def check_task(task: object) -> None:
+    """Refuse, with a ConfigError naming what is missing, an object that is not a Task (a
+    class instead of an instance, or one lacking a member fit relies on)."""
+    if isinstance(task, type):
+        raise ConfigError(
+            f"the task must be an instance, got the class {task.__name__}; call it, e.g. "
+            f"{task.__name__}()"
+        )
+    own = set(vars(task)) if hasattr(task, "__dict__") else set()
+    missing = [name for name in missing_members(type(task)) if name not in own]
+    if missing or not dataclasses.is_dataclass(task):
+        lacks = f"lacks {', '.join(missing)}" if missing else "is not a dataclass"
+        raise ConfigError(
+            f"{type(task).__name__} is not a task: it {lacks} (see train.tasks.base.Task; "
+            "subclass ArrayTask or StreamTask to get them)"
+        )

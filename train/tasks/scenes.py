@@ -34,9 +34,9 @@ import numpy as np
 import optax
 
 from arch.errors import ConfigError
-from train.tasks.detection_metrics import Detections, batched_nms
 from train.losses import masked_mean
 from train.tasks.base import SPLITS, Batch, DataPosition, StreamTask, require_at_least
+from train.tasks.detection_metrics import Detections, batched_nms
 
 CLASSES = ("square", "circle", "triangle", "digit")
 DIGITS_SPLIT_SEED = 0  # fixed: which digit images the held-out scenes use never changes
