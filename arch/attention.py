@@ -32,9 +32,8 @@ Kernel = Literal["auto", "einsum", "xla", "cudnn", "blockwise"]
 KERNELS = ("auto", "einsum", "xla", "cudnn", "blockwise")
 MASKED = float(jnp.finfo(jnp.float32).min)
 LONG_SEQUENCE = 512
-""""auto" uses the blockwise kernel from this many keys on: measured on a 2-core CPU
-(experiments/recurrence_vs_attention.py, 1M-parameter GPT, batch 4, train step): blockwise
-0.82x einsum's time at 512 keys, 0.35x at 2048; einsum 0.90x blockwise's at 128."""
+""""auto" uses the blockwise kernel from this many keys on, where it measured faster than einsum
+(experiments/recurrence_vs_attention.py; README.md, "The measurements behind the defaults")."""
 
 
 def choose_kernel(backend: str, dtype: jnp.dtype, width: int, keys: int, key_mask: bool) -> str:

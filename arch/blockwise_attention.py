@@ -13,12 +13,12 @@ block of keys at a time, so that the working set is [b, 1, c, r] and never [b, h
   recomputes the probabilities P = exp(S - L) from q, k and L, accumulates dK and dV of the key
   block and adds to dQ of each query block.
 All loops are `fori_loop`s, never Python loops, so compile time does not grow with the length.
-Causal attention visits only the blocks at or below the diagonal (1.8x faster than masking
-them all at t = 4096) and masks only the diagonal ones. One head at a time makes a block's
+Causal attention visits only the blocks at or below the diagonal (faster than masking them
+all) and masks only the diagonal ones. One head at a time makes a block's
 [b, c, 1, e] slice of the [b, t, h, e] inputs a [b, 1, c, e] operand for free, where all heads
 at once would need a transpose of every block in every pair (or a transposed copy of q, k and
-v, as much memory again as the output): at t = 4096 it is 1.2x faster and needs a quarter of
-the scores' memory at the same block size.
+v, as much memory again as the output); it measured faster and needs less of the scores'
+memory at the same block size (README.md, "The measurements behind the defaults").
 
 The numbers are those of `arch.attention.einsum_attention`: masked keys get exactly zero
 weight, and a query with no key to attend gets the uniform average of all k values, as the

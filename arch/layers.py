@@ -88,7 +88,7 @@ class RowDense(nn.Module):
     """A dense layer over the trailing `in_axes` axes of x [..., *in] -> [..., *features],
     computed as ONE 2-D product rows [N, prod(in)] x [prod(in), prod(features)] whatever the
     leading axes: on XLA:CPU the weight gradient of a [b, t, d] dot_general contracts two axes
-    and misses the fast matmul path (a feed-forward block's step measured 2.2x slower).
+    and misses the fast matmul path (README.md, "The measurements behind the defaults").
     Parameters are named, shaped and initialised as nn.Dense / nn.DenseGeneral's."""
 
     features: int | tuple[int, ...]

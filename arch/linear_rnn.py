@@ -104,7 +104,7 @@ class LinearRecurrentModel(nn.Module):
     expand: int = 2
     """Mamba: channels per model unit (e = expand * d)."""
     scan: ScanMethod = "auto"
-    """"auto": sequential on CPU, where it measured 1.6-2.1x faster than the associative scan
+    """"auto": sequential on CPU, where it measured faster than the associative scan
     (experiments/linear_scan_speed.py), parallel on accelerators; both give the same numbers."""
     dtype: str = "float32"
     param_dtype: str = "float32"

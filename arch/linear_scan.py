@@ -24,8 +24,8 @@ SCAN_METHODS = ("sequential", "parallel")
 
 def resolve_method(method: ScanMethod) -> str:
     """ "auto": the scan measured faster on this backend. On CPU that is the sequential one
-    (experiments/linear_scan_speed.py: the associative scan takes 1.6-2.1x its time at 1K-16K
-    steps); elsewhere the parallel one, which a GPU is expected to favour (not yet measured)."""
+    (experiments/linear_scan_speed.py); elsewhere the parallel one, which a GPU is expected to
+    favour (not yet measured)."""
     if method == "auto":
         return "sequential" if jax.default_backend() == "cpu" else "parallel"
     if method not in SCAN_METHODS:
@@ -95,7 +95,8 @@ def linear_step(a: jax.Array, b: jax.Array, h: jax.Array) -> jax.Array:
 
 
 SELECTIVE_SCAN_CHUNK = 32
-"""Steps per recomputed chunk of the sequential selective scan (16-32 measured best)."""
+"""Steps per recomputed chunk of the sequential selective scan (16-32 measured best: README.md,
+"The measurements behind the defaults")."""
 
 
 def selective_scan(
@@ -113,18 +114,15 @@ def selective_scan(
     (float32).
 
     "sequential" forms exp(delta_t A) and delta_t x_t B_t inside the loop, one step at a time,
-    so the [b, t, e, n] coefficients are never materialised: 5x faster forward and 1.6x faster
-    forward + backward than materialising them on a 2-core CPU (b 32, t 200, e 48, n 16).
+    so the [b, t, e, n] coefficients are never materialised (faster forward and backward than
+    materialising them; README.md, "The measurements behind the defaults").
     Its backward recomputes the states instead of storing them: the scan runs over chunks of
     `chunk` steps under `jax.checkpoint`, so only the [b, e, n] state at each chunk's start is
     kept, and a chunk's steps are redone when its gradient is taken (None: store every step's
     state, as a plain scan does). The same outputs to the bit, and the same gradients but for
-    A's, summed chunk by chunk (float32 rounding). On the 2-core CPU, forward +
-    backward at (b, t, e) = (4, 4096, 192) took 276 ms and 56 MiB of XLA temporaries against
-    413 ms and 627 MiB storing every state, (4, 2048, 600) 428 ms / 86 MiB against 599 / 977,
-    (32, 200, 48) 24 ms / 19 MiB against 37 / 62: storing e x n floats per step costs more
-    than recomputing them. "parallel" needs all the coefficients at once for the associative
-    scan."""
+    A's, summed chunk by chunk (float32 rounding). Storing e x n floats per step costs more
+    time and memory than recomputing them. "parallel" needs all the coefficients at once for
+    the associative scan."""
     delta, x, b, c = (v.astype(jnp.float32) for v in (delta, x, b, c))
     a = a.astype(jnp.float32)
     dx = delta * x  # delta_t x_t [b, t, e]

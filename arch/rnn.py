@@ -38,7 +38,7 @@ class RecurrentModel(nn.Module):
     """GRU cells only: apply the reset after the recurrent product (cuDNN / PyTorch form)."""
     hoist_inputs: bool = False
     """Compute the input products of all steps before the scan (False: inside each step).
-    Measured slower on a 2-core CPU (inference 0.4-0.7x): experiments/recurrent_speed.py."""
+    Measured slower on a CPU (experiments/recurrent_speed.py)."""
     unroll: int = 2
     backward: Backward = "auto"
     """How the RNN layers differentiate the scan ("auto", "custom", "autodiff"): see RNN."""

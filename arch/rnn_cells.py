@@ -170,7 +170,7 @@ class GRUCell(Cell):
     dtype: str = "float32"
     param_dtype: str = "float32"
     num_gates: ClassVar[int] = 3
-    custom_backward_is_faster: ClassVar[bool] = False  # training 0.88x autodiff's at T = 256
+    custom_backward_is_faster: ClassVar[bool] = False  # autodiff measured faster for the GRU
 
     @nn.nowrap
     def extra_weights(self) -> Weights:

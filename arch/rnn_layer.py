@@ -144,8 +144,8 @@ class RNN(nn.Module):
     reverse: bool = False
     hoist_inputs: bool = False
     unroll: int = 2
-    """Time steps per loop iteration: 2 measured fastest on a 2-core CPU (GRU training
-    1.11-1.19x over 1, inference up to 1.29x; LSTM ties); compile size stays constant."""
+    """Time steps per loop iteration: 2 measured fastest on a CPU (experiments/recurrent_speed.py);
+    compile size stays constant."""
     backward: Backward = "auto"
     """"custom": weight gradients as large products after the reverse loop, for separable cells
     (below); "autodiff": JAX's transpose of the scan; "auto": the one

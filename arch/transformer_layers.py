@@ -202,8 +202,8 @@ class TransformerModel(nn.Module):
     """Attention kernel (arch/attention.py); "auto": cuDNN flash attention on a GPU in half
     precision, the blockwise kernel from 512 keys on, else einsum (`choose_kernel`)."""
     block_size: int = 512
-    """Queries / keys per block of the blockwise kernel: 512 measured fastest at t >= 2048,
-    128 at t = 512 (experiments/attention_speed.py)."""
+    """Queries / keys per block of the blockwise kernel: 512 measured fastest at long lengths,
+    smaller blocks at short ones (experiments/attention_speed.py)."""
     remat: bool = False
     """Recompute each block's activations in the backward pass (jax.checkpoint per block)."""
     scan_layers: bool = False

@@ -1,7 +1,7 @@
 """Linear recurrences (LRU, minGRU, minLSTM, a Mamba-style selective SSM) against an LSTM and
 a Transformer on the adding problem, the copy task and the known-entropy language.
 
-Claim (issue 5): the linear-recurrence models train on (1) the adding problem at length 200
+Claim: the linear-recurrence models train on (1) the adding problem at length 200
 (test MSE < 0.01; predicting the mean scores 1/6 = 0.167), (2) the copy task (per-symbol test
 accuracy > 0.9 at the longest delay; chance 1/num_symbols) and (3) the known-entropy Markov
 language (test bits/char within 0.1 of the entropy rate), next to an LSTM and a Transformer.
