@@ -144,7 +144,11 @@ class ResNet(nn.Module):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = ResidualBlock(
-                    width, stride, self.dtype, self.param_dtype, name=f"stage_{stage}_block_{block}"
+                    channels=width,
+                    stride=stride,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    name=f"stage_{stage}_block_{block}",
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))  # [b, c]: global average pool
         return nn.Dense(

@@ -116,13 +116,13 @@ class LinearRecurrentModel(nn.Module):
         self.projection = dense(self.features, "projection", **options)
         self.blocks = [
             LinearRecurrentBlock(
-                self.mixer,
-                self.features,
-                self.state_size,
-                self.ffn_hidden or 2 * self.features,
-                self.scan,
-                self.log_space,
-                self.expand,
+                mixer=self.mixer,
+                features=self.features,
+                state_size=self.state_size,
+                ffn_hidden=self.ffn_hidden or 2 * self.features,
+                scan=self.scan,
+                log_space=self.log_space,
+                expand=self.expand,
                 **options,
             )
             for _ in range(self.num_layers)
@@ -182,10 +182,10 @@ class LinearRecurrentLM(LinearRecurrentModel):
     @nn.nowrap
     def init_cache(self, batch_size: int, max_len: int | None = None) -> list[jax.Array]:
         block = LinearRecurrentBlock(
-            self.mixer,
-            self.features,
-            self.state_size,
-            1,
+            mixer=self.mixer,
+            features=self.features,
+            state_size=self.state_size,
+            ffn_hidden=1,
             log_space=self.log_space,
             expand=self.expand,
             parent=None,

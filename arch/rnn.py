@@ -62,12 +62,12 @@ class RecurrentModel(nn.Module):
     @nn.nowrap
     def layer(self, name: str | None = None, reverse: bool = False) -> RNN:
         return RNN(
-            self.make_cell(),
-            reverse,
-            self.hoist_inputs,
-            self.unroll,
-            self.backward,
-            self.fast_path,
+            cell=self.make_cell(),
+            reverse=reverse,
+            hoist_inputs=self.hoist_inputs,
+            unroll=self.unroll,
+            backward=self.backward,
+            fast_path=self.fast_path,
             name=name,
         )
 

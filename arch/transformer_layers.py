@@ -57,10 +57,10 @@ class TransformerBlock(nn.Module):
         if self.cross_attention:
             self.cross = attention()
         self.feed_forward = FeedForward(
-            self.ffn_hidden,
-            self.features,
-            self.activation,
-            self.dropout_rate,
+            hidden_size=self.ffn_hidden,
+            features=self.features,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -216,21 +216,27 @@ class TransformerModel(nn.Module):
         self, cross_attention: bool = False, name: str | None = None
     ) -> TransformerStack:
         block = TransformerBlock(
-            self.features,
-            self.num_heads,
-            self.ffn_hidden or 4 * self.features,
-            self.dropout_rate,
-            self.norm,
-            self.activation,
-            cross_attention,
-            self.kernel,
-            self.positional == "rotary",
-            self.dtype,
-            self.param_dtype,
-            self.block_size,
+            features=self.features,
+            num_heads=self.num_heads,
+            ffn_hidden=self.ffn_hidden or 4 * self.features,
+            dropout_rate=self.dropout_rate,
+            norm=self.norm,
+            activation=self.activation,
+            cross_attention=cross_attention,
+            kernel=self.kernel,
+            rotary=self.positional == "rotary",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            block_size=self.block_size,
             parent=None,
         )
-        return TransformerStack(self.num_layers, block, self.remat, self.scan_layers, name=name)
+        return TransformerStack(
+            num_layers=self.num_layers,
+            block=block,
+            remat=self.remat,
+            scan_layers=self.scan_layers,
+            name=name,
+        )
 
     @nn.nowrap
     def make_embedding(self, vocab_size: int, name: str | None = None) -> nn.Embed:
