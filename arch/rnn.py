@@ -71,6 +71,11 @@ class RecurrentModel(nn.Module):
             name=name,
         )
 
+    @nn.nowrap
+    def make_embedding(self, name: str | None = None) -> nn.Embed:
+        """The token embedding [v, e] every recurrent model with token inputs uses."""
+        return nn.Embed(self.vocab_size, self.embed_size, param_dtype=self.param_dtype, name=name)
+
     def embed(self, inputs: jax.Array) -> jax.Array:
         """Token ids [b, t] -> [b, t, e], or features [b, t, f] as they are."""
         if jnp.issubdtype(inputs.dtype, jnp.integer):
@@ -79,7 +84,7 @@ class RecurrentModel(nn.Module):
                     f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
                     "set --model.vocab-size"
                 )
-            return nn.Embed(self.vocab_size, self.embed_size, param_dtype=self.param_dtype)(inputs)
+            return self.make_embedding(name="embedding")(inputs)
         if inputs.ndim != 3:
             raise ConfigError(
                 f"{type(self).__name__} expects sequences [batch, time, features] or token ids "
@@ -113,10 +118,13 @@ class RecurrentModel(nn.Module):
             return jnp.concatenate([cell.output(forward), cell.output(backward)], axis=-1)
         return cell.output(final)
 
-    def head(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(
-            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-        )(x.astype(self.dtype))
+    @nn.nowrap
+    def make_head(self, name: str | None = None) -> nn.Dense:
+        """The output head [n, num_outputs] of every recurrent model."""
+        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    def output(self, x: jax.Array) -> jax.Array:
+        return self.make_head(name="head")(x.astype(self.dtype))
 
 
 class RNNClassifier(RecurrentModel):
@@ -127,7 +135,7 @@ class RNNClassifier(RecurrentModel):
         self, inputs: jax.Array, *, mask: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
         _, finals = self.encode(inputs, mask, train)
-        return self.head(self.final_output(finals[-1]))  # [b, num_outputs]
+        return self.output(self.final_output(finals[-1]))  # [b, num_outputs]
 
 
 class RNNTagger(RecurrentModel):
@@ -138,7 +146,7 @@ class RNNTagger(RecurrentModel):
         self, inputs: jax.Array, *, mask: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
         outputs, _ = self.encode(inputs, mask, train)
-        return self.head(outputs)  # [b, t, num_outputs]
+        return self.output(outputs)  # [b, t, num_outputs]
 
 
 class RNNLanguageModel(RecurrentModel):
@@ -152,12 +160,10 @@ class RNNLanguageModel(RecurrentModel):
             raise ConfigError("a language model reads left to right: bidirectional must be False")
         if self.vocab_size is None:
             raise ConfigError("RNNLanguageModel needs vocab_size (token inputs)")
-        self.embedding = nn.Embed(self.vocab_size, self.embed_size, param_dtype=self.param_dtype)
+        self.embedding = self.make_embedding()
         self.layers = [self.layer() for _ in range(self.num_layers)]  # layers_0, layers_1, ...
         self.dropout = nn.Dropout(self.dropout_rate)
-        self.output_layer = nn.Dense(
-            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype
-        )
+        self.head = self.make_head()
 
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         """Token ids [b, t] -> next-token logits [b, t, v]."""
@@ -165,7 +171,7 @@ class RNNLanguageModel(RecurrentModel):
         for i, layer in enumerate(self.layers):
             x = x if i == 0 else self.dropout(x, deterministic=not train)
             x, _ = layer(x)  # [b, t, n]
-        return self.output_layer(x.astype(self.dtype))
+        return self.head(x.astype(self.dtype))
 
     @nn.nowrap
     def init_cache(self, batch_size: int, max_len: int | None = None) -> list[State]:
@@ -179,4 +185,4 @@ class RNNLanguageModel(RecurrentModel):
         for state, layer in zip(cache, self.layers, strict=True):
             state, x = layer.step(state, x)  # [b, n]
             new_cache.append(state)
-        return self.output_layer(x.astype(self.dtype)), new_cache
+        return self.head(x.astype(self.dtype)), new_cache

@@ -124,7 +124,7 @@ class RNNSeq2Seq(nn.Module):
                 self.attention_memory = dense(self.hidden_size, use_bias=False)  # W^T h_j
         if self.attention != "none":
             self.combine = dense(self.hidden_size)  # W_c [c; h]
-        self.output_layer = dense(self.num_outputs)
+        self.head = dense(self.num_outputs)
 
     def encode(
         self, source: jax.Array, source_mask: jax.Array | None = None, *, train: bool = False
@@ -197,7 +197,7 @@ class RNNSeq2Seq(nn.Module):
         if context is not None:
             joined = jnp.concatenate([context.astype(hidden.dtype), hidden], axis=-1)
             hidden = jnp.tanh(self.combine(joined))
-        return self.output_layer(hidden.astype(self.dtype))
+        return self.head(hidden.astype(self.dtype))
 
     def decode(
         self,

@@ -141,9 +141,7 @@ class TransformerLM(TransformerModel):
         self.decoder = self.make_stack()
         self.dropout = nn.Dropout(self.dropout_rate)
         if not self.tie_embeddings:
-            self.output_layer = RowDense(
-                self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype
-            )
+            self.head = RowDense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         """Token ids [b, t] -> next-token logits [b, t, v]."""
@@ -195,9 +193,7 @@ class EncoderDecoderTransformer(TransformerModel):
         self.decoder = self.make_stack(cross_attention=True)
         self.dropout = nn.Dropout(self.dropout_rate)
         if not self.tie_embeddings:
-            self.output_layer = RowDense(
-                self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype
-            )
+            self.head = RowDense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def encode(
         self, source: jax.Array, source_mask: jax.Array | None = None, *, train: bool = False

@@ -250,10 +250,10 @@ class TransformerModel(nn.Module):
         )
 
     def logits(self, x: jax.Array) -> jax.Array:
-        """The output layer of the setup-based models: tied to `embedding`, or `output_layer`."""
+        """The output layer of the setup-based models: tied to `embedding`, or `head`."""
         if self.tie_embeddings:
             return tied_logits(self.embedding, x.astype(self.dtype))  # x E^T: [b, t, v]
-        return self.output_layer(x)
+        return self.head(x)
 
     @nn.nowrap
     def head_cache(self, batch: int, max_len: int) -> list[Cache]:

@@ -62,7 +62,7 @@ def model_and_variables(name: str):
     variables = jax.tree.map(lambda x: x * WEIGHT_SCALE, variables)  # livelier dynamics
     # no random output bias (it would decide every step alone) but one on EOS, so that some
     # hypotheses stop early
-    output = variables["params"]["output_layer"]
+    output = variables["params"]["head"]
     output["bias"] = jnp.zeros_like(output["bias"]).at[EOS].set(EOS_BIAS)
     return model, variables
 

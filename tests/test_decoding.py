@@ -31,8 +31,8 @@ def random_variables(model, inputs, seed: int = 0, output_scale: float = 1.0) ->
     scale = lambda shape: 1 / np.sqrt(shape[0]) if len(shape) > 1 else 0.5
     fill = lambda s: (scale(s.shape) * rng.standard_normal(s.shape)).astype(s.dtype)
     variables = jax.tree.map(fill, shapes)
-    output_layer = variables["params"]["output_layer"]
-    variables["params"]["output_layer"] = jax.tree.map(lambda w: w * output_scale, output_layer)
+    head = variables["params"]["head"]
+    variables["params"]["head"] = jax.tree.map(lambda w: w * output_scale, head)
     return variables
 
 
@@ -109,8 +109,8 @@ def test_sampling_is_decided_by_the_key(flat_variables):
 def test_each_new_token_gets_its_own_randomness(variables):
     # no output weights: every next-token distribution is uniform, whatever came before, so
     # only the keys make the draws differ from step to step and from row to row
-    no_output = jax.tree.map(jnp.zeros_like, variables["params"]["output_layer"])
-    uniform = {"params": {**variables["params"], "output_layer": no_output}}
+    no_output = jax.tree.map(jnp.zeros_like, variables["params"]["head"])
+    uniform = {"params": {**variables["params"], "head": no_output}}
     out = generate(MODEL, uniform, PROMPT, 48, jax.random.key(4), temperature=1.0)
     new = np.asarray(out[:, PROMPT.shape[1] :])
     for row in new:
@@ -241,8 +241,8 @@ def test_encoder_decoder_generates_from_a_cache_made_by_the_caller():
     source_mask = jnp.asarray([[1] * 7, [1] * 4 + [0] * 3])
     start = jnp.zeros((2, 1), jnp.int32)
     variables = random_variables(model, {"source": source, "target": start})
-    output_bias = variables["params"]["output_layer"]["bias"]
-    variables["params"]["output_layer"]["bias"] = jnp.zeros_like(output_bias)  # would dominate
+    output_bias = variables["params"]["head"]["bias"]
+    variables["params"]["head"]["bias"] = jnp.zeros_like(output_bias)  # would dominate
     memory = model.apply(variables, source, source_mask, method=model.encode)
     cache = model.init_cache(2, 6, memory, source_mask)
     generated = generate(model, variables, start, 5, cache=cache)

@@ -358,13 +358,13 @@ def test_tied_logits_are_the_final_hidden_state_times_the_embedding():
     chex.assert_trees_all_close(logits, np.asarray(hidden) @ np.asarray(embedding).T, **TOLERANCE)
 
 
-def test_untied_embeddings_add_one_output_layer():
+def test_untied_embeddings_add_one_output_head():
     tied = parameter_shapes(TransformerLM(**TOKEN_MODEL), TOKENS)
     untied = parameter_shapes(TransformerLM(**TOKEN_MODEL, tie_embeddings=False), TOKENS)
     assert untied == {
         **tied,
-        ("output_layer", "kernel"): (D, VOCAB),
-        ("output_layer", "bias"): (VOCAB,),
+        ("head", "kernel"): (D, VOCAB),
+        ("head", "bias"): (VOCAB,),
     }
     fewer = TransformerLM(**{**TOKEN_MODEL, "num_outputs": 5}, tie_embeddings=False)
     logits = jax.eval_shape(lambda: fewer.init_with_output(jax.random.key(0), TOKENS)[0])
