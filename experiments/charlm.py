@@ -35,7 +35,7 @@ from arch import MODELS
 from arch.decoding import generate
 from arch.errors import ConfigError
 from arch.layers import Positional
-from experiments.common.language import LanguageModelConfig, fit_language_model
+from experiments.common.language import LanguageModelConfig, fit_language_model, table_row
 from experiments.common.scaffold import Experiment, runtime_text
 from train.loop import FitResult
 from train.report import figure, format_table, save_figure
@@ -233,19 +233,7 @@ def study(config: Config, out: str) -> dict:
         "models": rows,
     }
     plot(rows, task.entropy_rate_bits, config, os.path.join(out, "charlm.png"))
-    table = [
-        {
-            "model": r["model"],
-            "parameters": r["parameters"],
-            "test bits/char": r["test_bits_per_char"],
-            "gap": r["gap_bits"],
-            **sample_columns(r["samples"], config.length),
-            "train s": r["train_time_s"],
-            "compile s": r["compile_time_s"],
-            "tokens/s": round(r["tokens_per_second"]),
-        }
-        for r in rows
-    ]
+    table = [table_row(r, **sample_columns(r["samples"], config.length)) for r in rows]
     print(format_table(table))
     print(
         f"entropy rate {task.entropy_rate_bits:.4f} bits/char; the true source on the test "

@@ -29,7 +29,7 @@ import numpy as np
 from arch import MODELS
 from arch.decoding import generate
 from arch.errors import ConfigError
-from experiments.common.language import LanguageModelConfig, fit_language_model
+from experiments.common.language import LanguageModelConfig, fit_language_model, table_row
 from experiments.common.scaffold import Experiment
 from train.loop import FitResult
 from train.report import figure, format_table, save_figure
@@ -165,17 +165,11 @@ def study(config: Config, out: str) -> dict:
     }
     plot(rows, references, os.path.join(out, "language_model.png"))
     table = [
-        {
-            "model": r["model"],
-            "parameters": r["parameters"],
-            "test bits/char": r["test_bits_per_char"],
-            "gap": r["gap_bits"],
-            "source bits sampled": r["samples"]["sampled_source_bits_per_char"],
-            "source bits greedy": r["samples"]["greedy_source_bits_per_char"],
-            "train s": r["train_time_s"],
-            "compile s": r["compile_time_s"],
-            "tokens/s": round(r["tokens_per_second"]),
-        }
+        table_row(
+            r,
+            **{"source bits sampled": r["samples"]["sampled_source_bits_per_char"]},
+            **{"source bits greedy": r["samples"]["greedy_source_bits_per_char"]},
+        )
         for r in rows
     ]
     print(format_table(table))

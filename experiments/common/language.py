@@ -36,6 +36,20 @@ class LanguageModelConfig(ExperimentConfig):
     seed: int = 0
 
 
+def table_row(row: dict[str, Any], **columns: Any) -> dict[str, Any]:
+    """A fit's row of an LM study's printed table; `columns`: the study's own, after the gap."""
+    return {
+        "model": row["model"],
+        "parameters": row["parameters"],
+        "test bits/char": row["test_bits_per_char"],
+        "gap": row["gap_bits"],
+        **columns,
+        "train s": row["train_time_s"],
+        "compile s": row["compile_time_s"],
+        "tokens/s": round(row["tokens_per_second"]),
+    }
+
+
 def fit_language_model(
     name: str, model: Any, task: MarkovLanguage, config: LanguageModelConfig, out: str
 ) -> tuple[FitResult, dict[str, Any]]:
