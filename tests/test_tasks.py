@@ -13,7 +13,8 @@ import pytest
 from arch import MLP
 from arch.errors import ConfigError
 from train.loop import RunConfig, fit
-from train.tasks import Blobs, Circles, DataPosition, Digits, Mnist, Xor
+from train.tasks import TASKS, Blobs, Circles, DataPosition, Digits, Mnist, Xor
+from train.tasks.base import TASK_MEMBERS, check_task, missing_members
 from train.tasks.idx import read_idx, write_idx
 from train.tasks.images import balanced_subset
 
@@ -354,3 +355,27 @@ def test_balanced_subset_keeps_each_class_in_order_and_runs_out_gracefully():
     np.testing.assert_array_equal(balanced_subset(labels, 4), [0, 1, 4, 5])
     # class 1 has one example only: the others fill the remaining places
     np.testing.assert_array_equal(balanced_subset(labels, 6), [0, 1, 2, 4, 5, 6])
+
+
+def test_every_registered_task_has_what_fit_relies_on():
+    # looked up on the classes: no data is loaded, no optional dataset is needed
+    assert {name: missing_members(cls) for name, cls in TASKS.items()} == {
+        name: [] for name in TASKS
+    }
+    assert set(TASK_MEMBERS) >= {"loss", "train_batch", "eval_batches", "position_after"}
+
+
+def test_an_object_that_is_not_a_task_is_refused_by_name():
+    @dataclasses.dataclass(frozen=True)
+    class LossOnly:
+        batch_size: int = 8
+        seed: int = 0
+
+        def loss(self, outputs, batch):
+            return outputs.mean(), {}
+
+    with pytest.raises(ConfigError, match="LossOnly is not a task: it lacks model_fields"):
+        check_task(LossOnly())
+    with pytest.raises(ConfigError, match="must be an instance, got the class Xor"):
+        check_task(Xor)
+    check_task(Xor())  # a registered task passes

@@ -24,8 +24,8 @@ from train.loop import evaluate
 from train.optim import OptimConfig, make_optimizer
 from train.state import TrainState
 from train.step import initial_state, make_eval_step, train_step_function
-from train.tasks.base import SPLITS, DataPosition
-from train.validate import adapt_model
+from train.tasks.base import SPLITS, DataPosition, Task, check_task
+from train.validate import adapt_model, check_model_config
 
 
 class MemberScaleState(NamedTuple):
@@ -72,7 +72,7 @@ class EnsembleResult:
 
 def fit_ensemble(
     model: Any,
-    task: Any,
+    task: Task,
     optim: OptimConfig,
     steps: int,
     seeds: Sequence[int],
@@ -85,7 +85,9 @@ def fit_ensemble(
         raise ConfigError(f"need one lr factor per seed, got {len(lr_factors)} for {len(seeds)}")
     if any(not f > 0 for f in lr_factors):
         raise ConfigError(f"lr factors must be > 0, got {lr_factors}")
+    check_task(task)
     model = adapt_model(model, task)
+    check_model_config(model)
     tx = optax.chain(make_optimizer(optim, steps), member_scale())
     position = DataPosition()
     batch = task.train_batch(position)

@@ -10,6 +10,7 @@ import numpy as np
 
 from train.checkpoint import Checkpoints
 from train.optim import OptimConfig
+from train.tasks.base import Task
 
 
 class Preempted(Exception):  # noqa: N818 (an event, not an error)
@@ -124,7 +125,7 @@ def check_finite(
     return in_a_row
 
 
-def host_means(host: list[dict[str, Any]], task: Any, skip_non_finite: bool) -> dict:
+def host_means(host: list[dict[str, Any]], task: Task, skip_non_finite: bool) -> dict:
     """Mean of each metric over the interval's steps; with skipped non-finite updates, over
     the finite steps only, and `skipped` = how many were skipped."""
     if not skip_non_finite:

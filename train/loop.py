@@ -48,7 +48,7 @@ from train.runtime import enable_compilation_cache
 from train.sharding import Placement
 from train.state import TrainState, parameter_count
 from train.step import init_state, initial_state, make_eval_step, make_train_step
-from train.tasks.base import SPLITS, DataPosition, Task, check_task
+from train.tasks.base import SPLITS, DataPosition, Task
 from train.validate import (
     adapt_model,
     check_batch_divides,
@@ -95,7 +95,7 @@ def run_config_dict(model: nn.Module, task: Task, optim: OptimConfig, run: RunCo
 
 
 def evaluate(
-    eval_step, state: TrainState, task: Any, split: str, batch_size: int, place=lambda b: b
+    eval_step, state: TrainState, task: Task, split: str, batch_size: int, place=lambda b: b
 ) -> dict[str, float]:
     """Metrics over every example of `split`: batch means weighted by their real positions
     (per-example "sequence_*" metrics by their real examples); `place` puts a host batch where

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from train.loop import FitResult, RunConfig, fit
 from train.optim import OptimConfig
+from train.tasks.base import Task
 
 
 def experiment_dir(name: str, run_dir: str | None = None) -> str:
@@ -55,7 +56,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
 def fit_seeds(
     model: nn.Module,
-    task: Any,
+    task: Task,
     optim: OptimConfig,
     steps: int,
     seeds: Sequence[int],

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 from arch.attention import heads_problem
 from arch.errors import ConfigError
 from train.optim import OptimConfig, frozen_labels, param_path
+from train.tasks.base import Task
 
 
-def adapt_model(model: nn.Module, task: Any) -> nn.Module:
+def adapt_model(model: nn.Module, task: Task) -> nn.Module:
     """The model with the fields the task decides (task.model_fields, e.g. num_outputs) set.
 
     A field the model lacks is skipped; a field set to something other than both its default
@@ -53,7 +54,7 @@ def shapes(inputs: Any) -> Any:
     return tuple(inputs.shape)
 
 
-def check_model_fits_task(model: nn.Module, task: Any, batch: dict) -> None:
+def check_model_fits_task(model: nn.Module, task: Task, batch: dict) -> None:
     """Trace the model on one batch (no compilation) and check its output shape."""
     inputs = batch["inputs"]
     shape = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], inputs).shape
