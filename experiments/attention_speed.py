@@ -24,8 +24,6 @@ inputs (q, k, v, c) plus the highest net sum of the tensor allocations and frees
 `torch.profiler` (profile_memory) records during one call, which ends holding the output and
 the three gradients, as JAX's outputs do. (tracemalloc sees no tensor memory.) Checked once
 against the growth of the RSS high-water mark during one call in a fresh process (README.md).
-
-The result is in README.md's table of experiments.
 """
 
 import dataclasses

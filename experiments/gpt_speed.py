@@ -17,8 +17,7 @@ min-max); compile time is reported apart.
 
 "holds" = our faster kernel's tokens/s is at least bench.TIE times eager PyTorch's (None without
 PyTorch). Every projection is one 2-D product over all rows (arch.layers.RowDense): the weight
-gradient of a [b, t, d] dot_general contracts two axes and misses XLA:CPU's fast path. The
-result is in README.md's table of experiments.
+gradient of a [b, t, d] dot_general contracts two axes and misses XLA:CPU's fast path.
 """
 
 import dataclasses

@@ -1,6 +1,6 @@
 """Time and memory of the two scans of a diagonal linear recurrence, h_t = a_t * h_{t-1} + b_t.
 
-Claim (the issue's): on a 2-core CPU the sequential scan (`jax.lax.scan`) is about 2x faster
+Claim: on a 2-core CPU the sequential scan (`jax.lax.scan`) is about 2x faster
 than the parallel one (`jax.lax.associative_scan`, log t levels of t-wide work) at 1K-16K steps
 forward + backward; on a GPU the parallel scan is expected to win. "About 2x" is read as: the
 parallel scan takes at least 1.5x the sequential scan's time at every t >= 1024 (on a GPU: less
@@ -18,7 +18,6 @@ respect to a and b: the gradients of sum(h * c)). Every implementation and pass 
 runs round-robin (train/measure/bench.py: median, min-max of `repeats` samples after a warm-up);
 compile time is reported apart; memory is the compiled executable's own plan (arguments +
 outputs + temporaries, bench.memory). Outputs (and gradients) are compared with the reference's.
-The result is in README.md's table of experiments.
 """
 
 import dataclasses

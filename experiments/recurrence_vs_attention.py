@@ -24,8 +24,6 @@ Training holds if every recurrence is slower than the fastest attention kernel (
 the shortest length and faster at the longest. Generation holds if every recurrent state has
 the same bytes and decode FLOPs at every L (one program: its ms/token differ by noise only)
 while every cache grows with L and its ms/token at the longest L is >= 1.5x the shortest's.
-
-The result is in README.md's table of experiments and its section on this study.
 """
 
 import csv
@@ -69,7 +67,8 @@ OPTIMIZER = OptimConfig(name="adamw", lr=3e-4, weight_decay=0.01)
 VOCAB = 256
 GROWTH_RATIO = 1.5  # generation: a cache's ms/token "grows" if longest / shortest >= this
 GROWTH_OF = ("cache_bytes", "flops", "ms_per_token")
-
+KINDS = ("train", "prefill", "generate")
+MIB = 2**20
 
 Family = Literal[
     "elman", "lstm", "gru", "mingru", "lru", "mamba", "lstm-scan", "gpt-einsum", "gpt-xla",
@@ -121,10 +120,6 @@ class Config(ExperimentConfig):
             repeats=config.repeats or (3 if config.quick else 5),
             min_sample_seconds=(0.05 if config.quick else 0.5) if sample is None else sample,
         )
-
-
-KINDS = ("train", "prefill", "generate")
-MIB = 2**20
 
 
 def series(rows: list[dict], family: str, kind: str, field: str, lengths: Sequence[int]) -> list:

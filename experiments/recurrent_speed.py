@@ -26,7 +26,6 @@ Ours runs with backward="auto" (arch/rnn_layer.py: the LSTM takes the hand-writt
 backward pass, the GRU autodiff); "ours fused u2 autodiff" / "ours fused u2 custom" time the
 other backward pass beside it. "proto ..." rows are benchmark-only formulations that arch/ does
 not have: `concatenated_lstm` / `concatenated_gru` (one [x_t, h_{t-1}] @ W product per step).
-The result is in README.md's table of experiments.
 """
 
 import dataclasses
