@@ -379,3 +379,9 @@ def test_an_object_that_is_not_a_task_is_refused_by_name():
     with pytest.raises(ConfigError, match="must be an instance, got the class Xor"):
         check_task(Xor)
     check_task(Xor())  # a registered task passes
+
+
+def test_fit_refuses_a_non_task_before_it_touches_anything(tmp_path):
+    with pytest.raises(ConfigError, match="must be an instance, got the class Xor"):
+        fit(MLP(), Xor, run=RunConfig(steps=1, run_dir=str(tmp_path / "run"), progress="off"))
+    assert not (tmp_path / "run").exists()

@@ -48,7 +48,7 @@ from train.runtime import enable_compilation_cache
 from train.sharding import Placement
 from train.state import TrainState, parameter_count
 from train.step import init_state, initial_state, make_eval_step, make_train_step
-from train.tasks.base import SPLITS, DataPosition, Task
+from train.tasks.base import SPLITS, DataPosition, Task, check_task
 from train.validate import (
     adapt_model,
     check_batch_divides,
@@ -138,6 +138,7 @@ def prepare(
 ) -> Prepared:
     """Every check of the configuration that can be made before compiling or writing: each
     failure is one ConfigError."""
+    check_task(task)
     check_model_config(model)
     model = adapt_model(model, task)
     batch = task.train_batch(DataPosition())
