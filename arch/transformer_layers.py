@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.attention import Kernel, MultiHeadAttention
+from arch.attention import Kernel, MultiHeadAttention, heads_problem
 from arch.errors import ConfigError
 from arch.layers import Activation, FeedForward, Positional
 
@@ -237,6 +237,30 @@ class TransformerModel(nn.Module):
             scan_layers=self.scan_layers,
             name=name,
         )
+
+    @nn.nowrap
+    def config_problems(self) -> list[str]:
+        """What train/validate.py's generic checks cannot know of a Transformer's fields: the
+        heads must split the width."""
+        counts = (self.num_heads, self.features)
+        if all(isinstance(n, int) and n >= 1 for n in counts) and self.features % self.num_heads:
+            return [
+                heads_problem(
+                    self.features, self.num_heads, "--model.features", "--model.num-heads"
+                )
+            ]
+        return []
+
+    @nn.nowrap
+    def check_length(self, length: int) -> None:
+        """Learned positions: `max_len` of them, so longer sequences are refused (sinusoidal and
+        rotary positions have no limit)."""
+        if self.positional == "learned" and length > self.max_len:
+            raise ConfigError(
+                f"the task's sequences have {length} positions but {type(self).__name__} learns "
+                f"only max_len = {self.max_len}; set --model.max-len {length} (or shorten the "
+                "task's sequences)"
+            )
 
     @nn.nowrap
     def make_embedding(self, vocab_size: int, name: str | None = None) -> nn.Embed:

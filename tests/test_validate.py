@@ -2,6 +2,8 @@
 command line): unknown names with the closest valid ones, invalid values, a sequence longer
 than the model's positions, a vocabulary too small for the task, a batch that does not split."""
 
+import flax.linen as nn
+import numpy as np
 import pytest
 from helpers import cli_error
 
@@ -9,7 +11,12 @@ from arch import MODELS
 from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.tasks import TASKS
-from train.validate import adapt_model, check_batch_divides, check_model_config
+from train.validate import (
+    adapt_model,
+    check_batch_divides,
+    check_model_config,
+    check_sequence_length,
+)
 
 QUIET = dict(steps=1, progress="off", tensorboard=False, compilation_cache=False)
 
@@ -92,3 +99,23 @@ def test_inputs_of_the_wrong_kind_or_shape_get_a_clear_message():
         r"\(32, 128\), but the task's loss needs \(32, 128, 16\)",
     ):
         fit(MODELS["mlp"](), TASKS["markov"](), run=RunConfig(**QUIET))
+
+
+def test_a_model_reports_what_only_it_knows_through_its_own_hooks():
+    class Picky(nn.Module):
+        hidden_size: int = 0
+
+        @nn.nowrap
+        def config_problems(self) -> list[str]:
+            return ["the picky model wants an even hidden_size"]
+
+        @nn.nowrap
+        def check_length(self, length: int) -> None:
+            raise ConfigError(f"too long: {length}")
+
+    # the generic field check and the model's own problem, in one message
+    with pytest.raises(ConfigError, match="hidden_size must be positive.*picky model wants"):
+        check_model_config(Picky())
+    with pytest.raises(ConfigError, match="too long: 7"):
+        check_sequence_length(Picky(), {"inputs": np.zeros((2, 7), np.int32)})
+    check_sequence_length(MODELS["mlp"](), {"inputs": np.zeros((2, 7), np.float32)})  # no limit

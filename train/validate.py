@@ -11,7 +11,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.attention import heads_problem
 from arch.errors import ConfigError
 from train.optim import OptimConfig, frozen_labels, param_path
 from train.tasks.base import Task
@@ -112,8 +111,10 @@ def dtype_name(value: Any) -> str | None:
 
 
 def check_model_config(model: nn.Module) -> None:
-    """Sizes, counts, rates, dtypes and head counts of a model's fields, all problems in one
-    message."""
+    """Sizes, counts, rates and dtypes of a model's fields, and the problems the model itself
+    reports (`config_problems`, e.g. a Transformer's heads against its width), all in one
+    message. The field names that count something (POSITIVE_FIELD) are the convention every
+    model in arch/ follows, so the rule stays here rather than in each model."""
     problems = []
     for field in dataclasses.fields(model):
         value = getattr(model, field.name, None)
@@ -130,13 +131,9 @@ def check_model_config(model: nn.Module) -> None:
                 f"model.{field.name} must name a floating dtype, got {value!r} (set {flag} to "
                 f"one of {', '.join(FLOAT_DTYPES)})"
             )
-    heads, features = getattr(model, "num_heads", None), getattr(model, "features", None)
-    if (
-        not hasattr(model, "head_dim")  # a head width of its own would not need to divide
-        and all(isinstance(n, int) and n >= 1 for n in (heads, features))
-        and features % heads
-    ):
-        problems.append(heads_problem(features, heads, "--model.features", "--model.num-heads"))
+    own_checks = getattr(model, "config_problems", None)  # what only the model knows
+    if own_checks is not None:
+        problems += own_checks()
     if problems:
         raise ConfigError(f"{type(model).__name__}: " + "; ".join(problems))
 
@@ -151,16 +148,11 @@ def sequence_length(inputs: Any) -> int | None:
 
 
 def check_sequence_length(model: nn.Module, batch: dict) -> None:
-    """A model with learned positions has `max_len` of them: longer sequences are refused."""
-    max_len, length = getattr(model, "max_len", None), sequence_length(batch["inputs"])
-    if getattr(model, "positional", None) != "learned" or max_len is None or length is None:
-        return
-    if length > max_len:
-        raise ConfigError(
-            f"the task's sequences have {length} positions but {type(model).__name__} learns "
-            f"only max_len = {max_len}; set --model.max-len {length} (or shorten the task's "
-            "sequences)"
-        )
+    """The batch's sequence length against a model that limits it (`check_length`, e.g. a
+    Transformer's learned positions)."""
+    check, length = getattr(model, "check_length", None), sequence_length(batch["inputs"])
+    if check is not None and length is not None:
+        check(length)
 
 
 def check_batch_divides(
