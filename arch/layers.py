@@ -28,6 +28,19 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
+def is_token_ids(model: nn.Module, inputs: jax.Array) -> bool:
+    """Whether a sequence model's inputs are token ids [b, t] (integers) rather than features
+    [b, t, f]; token ids for a model without a vocabulary are refused."""
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+        return False
+    if getattr(model, "vocab_size", None) is None:
+        raise ConfigError(
+            f"{type(model).__name__} got token ids {inputs.shape} but vocab_size is None; "
+            "set --model.vocab-size"
+        )
+    return True
+
+
 def flatten_examples(x: jax.Array) -> jax.Array:
     """[b, ...] -> [b, features]: every trailing axis of an example becomes one feature axis."""
     if x.ndim < 2:

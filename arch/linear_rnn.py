@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from arch.errors import ConfigError
+from arch.layers import is_token_ids
 from arch.linear_mixers import LRU, MinGRU, MinLSTM, SelectiveSSM, dense
 from arch.linear_scan import ScanMethod
 
@@ -132,12 +132,7 @@ class LinearRecurrentModel(nn.Module):
 
     def embed(self, inputs: jax.Array) -> jax.Array:
         """Token ids [b, t] -> [b, t, d]; features [b, t, f] -> [b, t, d]."""
-        if jnp.issubdtype(inputs.dtype, jnp.integer):
-            if self.vocab_size is None:
-                raise ConfigError(
-                    f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
-                    "set --model.vocab-size"
-                )
+        if is_token_ids(self, inputs):
             return self.embedding(inputs)
         if inputs.ndim != 3:
             raise ConfigError(

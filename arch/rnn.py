@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from arch.cudnn_lstm import FastPath
 from arch.errors import ConfigError
-from arch.layers import Activation
+from arch.layers import Activation, is_token_ids
 from arch.rnn_cells import CELLS, Cell, CellName, State
 from arch.rnn_layer import RNN, Backward
 
@@ -78,12 +78,7 @@ class RecurrentModel(nn.Module):
 
     def embed(self, inputs: jax.Array) -> jax.Array:
         """Token ids [b, t] -> [b, t, e], or features [b, t, f] as they are."""
-        if jnp.issubdtype(inputs.dtype, jnp.integer):
-            if self.vocab_size is None:
-                raise ConfigError(
-                    f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
-                    "set --model.vocab-size"
-                )
+        if is_token_ids(self, inputs):
             return self.make_embedding(name="embedding")(inputs)
         if inputs.ndim != 3:
             raise ConfigError(
