@@ -16,6 +16,8 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import numpy as np
 import pytest
+
+pytest.register_assert_rewrite("helpers")  # its checks report values as a test's asserts do
 from helpers import (
     BATCH,
     CELLS,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import dropout_outputs
 
 from arch import MLP, MODELS, LeNet, Perceptron, ResNet
 from arch.errors import ConfigError
@@ -179,14 +180,7 @@ def test_mlp_dropout_is_random_in_training_and_off_in_evaluation():
     @jax.jit
     def outputs(params, key_a, key_b):
         apply = lambda train, key: model.apply(params, x, train=train, rngs={"dropout": key})
-        return {
-            "train_a": apply(True, key_a),
-            "train_a_again": apply(True, key_a),
-            "train_b": apply(True, key_b),
-            "eval_a": apply(False, key_a),
-            "eval_b": apply(False, key_b),
-            "eval_no_rng": model.apply(params, x, train=False),
-        }
+        return dropout_outputs(apply, lambda: model.apply(params, x, train=False), key_a, key_b)
 
     out = outputs(random_variables(model, x), jax.random.key(2), jax.random.key(3))
     chex.assert_trees_all_close(out["eval_a"], out["eval_b"])

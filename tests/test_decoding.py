@@ -4,13 +4,12 @@ top-k, sampling keys, errors, and a program that does not grow with the number o
 Legend: b batch, p prompt length, s new tokens, v vocabulary.
 """
 
-import re
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import generation_programs
 
 from arch.decoding import generate, sample_logits
 from arch.errors import ConfigError
@@ -166,10 +165,7 @@ def test_generate_rejects_bad_options(options, message, variables):
 
 
 def test_lowered_program_does_not_grow_with_the_number_of_tokens(variables):
-    programs = [
-        re.sub(r"\d+", "N", generate.lower(MODEL, variables, PROMPT, num_tokens).as_text())
-        for num_tokens in (4, 256)
-    ]
+    programs = generation_programs(MODEL, variables, PROMPT, 4, 256)
     assert programs[0] == programs[1]
     assert programs[0].count("stablehlo.while") == 2  # the prefill scan and the extension scan
 

@@ -1,17 +1,14 @@
 """Smoke test of experiments/activations.py: one seed, 100 momentum steps per activation."""
 
-import json
 import os
+
+from helpers import smoke_results
 
 from experiments import activations
 
 
 def test_smoke_run_writes_results_and_plot_and_sigmoid_gradients_vanish(tmp_path):
-    returned = activations.main(["--smoke", "--run-dir", str(tmp_path)])
-
-    with open(tmp_path / "results.json") as f:
-        results = json.load(f)
-    assert results == json.loads(json.dumps(returned, default=float))
+    results = smoke_results(activations, tmp_path)
     assert os.path.getsize(tmp_path / "gradient_norms.png") > 0
     assert isinstance(results["claim"], str) and results["claim"]
     assert results["layers"] == [f"hidden_{i}" for i in range(10)] + ["head"]

@@ -1,21 +1,12 @@
 """Smoke test of experiments/attention_speed.py: t = 64, b2 d32 h4, blocks 16 and 512, 2 passes."""
 
-import importlib.util
-import json
+from helpers import TORCH, speed_results
 
 from experiments import attention_speed
 
-TORCH = importlib.util.find_spec("torch") is not None
-
 
 def test_smoke_run_measures_every_kernel_and_they_agree(tmp_path):
-    returned = attention_speed.main(["--smoke", "--run-dir", str(tmp_path)])
-
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results == json.loads(json.dumps(returned, default=float))
-    assert (tmp_path / "attention_speed.png").stat().st_size > 0
-    assert results["dtype"] == "float32" and results["versions"]["jax"]
-    assert results["torch"]["available"] is TORCH
+    results = speed_results(attention_speed, tmp_path)
     assert results["lengths"] == [64]
 
     rows = {r["implementation"]: r for r in results["measurements"]}

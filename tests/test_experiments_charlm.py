@@ -1,10 +1,10 @@
 """Smoke test of experiments/charlm.py: tiny GPT, LSTM and GRU, 20 steps, short sequences."""
 
-import json
 import math
 
 import numpy as np
 import pytest
+from helpers import smoke_fixture
 
 from experiments import charlm
 from train.tasks import MarkovLanguage
@@ -25,12 +25,7 @@ def gpt_parameters() -> int:
     return VOCAB * d + block + 2 * d
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("charlm")
-    results = charlm.main(["--smoke", "--run-dir", str(run_dir)])
-    saved = json.loads((run_dir / "results.json").read_text())
-    return run_dir, results, saved
+smoke = smoke_fixture(charlm)
 
 
 def test_results_and_the_verdict_from_the_numbers(smoke, capsys):

@@ -1,8 +1,7 @@
 """Smoke test of experiments/forecasting.py: four forecasters on both series, one seed."""
 
-import json
-
 import numpy as np
+from helpers import smoke_results
 
 from experiments import forecasting
 
@@ -11,10 +10,7 @@ PARAMETERS = {"elman": 1220, "lstm": 4484, "gru": 3396, "mlp": 6532}
 
 
 def test_smoke_run_writes_results_plot_and_a_consistent_verdict(tmp_path):
-    returned = forecasting.main(["--smoke", "--run-dir", str(tmp_path)])
-
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved == json.loads(json.dumps(returned, default=float))
+    saved = smoke_results(forecasting, tmp_path)
     assert saved["claim"] and isinstance(saved["holds"], bool)
     assert (tmp_path / "forecasting.png").stat().st_size > 0
     rows = {(r["series"], r["model"]): r for r in saved["models"]}

@@ -1,8 +1,8 @@
-import json
 import math
 
 import numpy as np
 import pytest
+from helpers import smoke_fixture
 
 from arch.errors import ConfigError
 from experiments import language_model
@@ -18,12 +18,7 @@ def parameters(cell: str) -> int:
     return VOCAB * EMBED + g * HIDDEN * (EMBED + HIDDEN + 1) + HIDDEN * VOCAB + VOCAB
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("language_model")
-    results = language_model.main(["--smoke", "--run-dir", str(run_dir)])
-    saved = json.loads((run_dir / "results.json").read_text())
-    return run_dir, results, saved
+smoke = smoke_fixture(language_model)
 
 
 def test_results_structure_and_claim(smoke):

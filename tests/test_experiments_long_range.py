@@ -1,9 +1,9 @@
 """Smoke test of experiments/long_range.py: every cell on a short adding and copy task."""
 
-import json
 import math
 
 import pytest
+from helpers import smoke_results
 
 from arch.errors import ConfigError
 from experiments import long_range
@@ -15,10 +15,7 @@ COPY_PARAMETERS = {"elman": 9546, "lstm": 34314, "gru": 26058}
 
 
 def test_smoke_run_writes_results_plot_and_a_consistent_verdict(tmp_path):
-    returned = long_range.main(["--smoke", "--run-dir", str(tmp_path)])
-
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved == json.loads(json.dumps(returned, default=float))
+    saved = smoke_results(long_range, tmp_path)
     assert saved["claim"] and isinstance(saved["holds"], bool)
     assert (tmp_path / "long_range.png").stat().st_size > 0
     assert saved["baselines"] == {"adding_mean_predictor_mse": 1 / 6, "copy_chance_accuracy": 1 / 8}

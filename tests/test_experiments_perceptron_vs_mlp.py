@@ -1,17 +1,14 @@
 """Smoke test of experiments/perceptron_vs_mlp.py: one seed, 200 steps, all six fits."""
 
-import json
 import os
+
+from helpers import smoke_results
 
 from experiments import perceptron_vs_mlp
 
 
 def test_smoke_run_writes_results_and_plot_and_the_claim_holds(tmp_path):
-    returned = perceptron_vs_mlp.main(["--smoke", "--run-dir", str(tmp_path)])
-
-    with open(tmp_path / "results.json") as f:
-        results = json.load(f)
-    assert results == json.loads(json.dumps(returned, default=float))
+    results = smoke_results(perceptron_vs_mlp, tmp_path)
     assert os.path.getsize(tmp_path / "decision_boundaries.png") > 0
     assert isinstance(results["claim"], str) and results["claim"]
     accuracy = results["test_accuracy"]

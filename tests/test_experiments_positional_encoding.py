@@ -1,10 +1,10 @@
 """Smoke test of experiments/positional_encoding.py: tiny encoders, 20 steps, both tasks."""
 
-import json
 import math
 
 import numpy as np
 import pytest
+from helpers import smoke_fixture
 
 from arch.errors import ConfigError
 from experiments import positional_encoding
@@ -13,12 +13,7 @@ from train.tasks import TASKS
 ENCODINGS = ("none", "sinusoidal", "learned", "rotary")
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("positional_encoding")
-    results = positional_encoding.main(["--smoke", "--run-dir", str(run_dir)])
-    saved = json.loads((run_dir / "results.json").read_text())
-    return run_dir, results, saved
+smoke = smoke_fixture(positional_encoding)
 
 
 def test_results_and_the_verdict_from_the_numbers(smoke):

@@ -1,21 +1,12 @@
 """Smoke test of experiments/recurrent_speed.py: width 32, length 16, 2 repeats, unroll 2."""
 
-import importlib.util
-import json
+from helpers import TORCH, speed_results
 
 from experiments import recurrent_speed
 
-TORCH = importlib.util.find_spec("torch") is not None
-
 
 def test_smoke_run_measures_every_implementation_and_they_agree(tmp_path):
-    returned = recurrent_speed.main(["--smoke", "--run-dir", str(tmp_path)])
-
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results == json.loads(json.dumps(returned, default=float))
-    assert (tmp_path / "recurrent_speed.png").stat().st_size > 0
-    assert results["dtype"] == "float32" and results["versions"]["jax"]
-    assert results["torch"]["available"] is TORCH
+    results = speed_results(recurrent_speed, tmp_path)
     assert (results["versions"]["torch"] is not None) is TORCH
 
     rows = results["measurements"]

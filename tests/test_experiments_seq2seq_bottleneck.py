@@ -1,20 +1,13 @@
 """Smoke test of experiments/seq2seq_bottleneck.py: tiny models, a few steps, two lengths."""
 
-import json
-
 import numpy as np
 import pytest
+from helpers import smoke_fixture
 
 from arch.errors import ConfigError
 from experiments import seq2seq_bottleneck
 
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("seq2seq_bottleneck")
-    results = seq2seq_bottleneck.main(["--smoke", "--run-dir", str(run_dir)])
-    saved = json.loads((run_dir / "results.json").read_text())
-    return run_dir, results, saved
+smoke = smoke_fixture(seq2seq_bottleneck)
 
 
 def test_results_plots_and_the_verdict_from_the_numbers(smoke):

@@ -1,20 +1,16 @@
 """Smoke test of experiments/vanishing_gradients.py: one seed, 30 Adam steps per model, 50 SGD
 steps per clipping run."""
 
-import json
 import os
 
 import numpy as np
+from helpers import smoke_results
 
 from experiments import vanishing_gradients
 
 
 def test_smoke_run_writes_results_and_plot_and_gradients_vanish_as_stated(tmp_path):
-    returned = vanishing_gradients.main(["--smoke", "--run-dir", str(tmp_path)])
-
-    with open(tmp_path / "results.json") as f:
-        results = json.load(f)
-    assert results == json.loads(json.dumps(returned, default=float))
+    results = smoke_results(vanishing_gradients, tmp_path)
     assert os.path.getsize(tmp_path / "vanishing_gradients.png") > 0
     assert isinstance(results["claim"], str) and results["claim"]
     length = results["config"]["length"]

@@ -26,6 +26,17 @@ VOCAB, D, N = 11, 8, 4
 SMALL = dict(vocab_size=VOCAB, num_outputs=VOCAB, features=D, state_size=N, num_layers=2)
 
 
+def decoded_logits(model: LinearRecurrentLM, variables, tokens) -> jax.Array:
+    """The logits [b, t, v] of feeding tokens [b, t] to decode_step one position at a time,
+    from an empty cache."""
+
+    def step(cache, token):
+        logits, cache = model.apply(variables, cache, token, method=model.decode_step)
+        return cache, logits
+
+    return jax.lax.scan(step, model.init_cache(len(tokens)), tokens.T)[1].swapaxes(0, 1)
+
+
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_sequential_and_parallel_scans_agree_at_length_4096(mixer):
     tokens = np.random.default_rng(0).integers(0, VOCAB, (1, 4096)).astype(np.int32)
@@ -54,12 +65,7 @@ def test_decode_step_equals_the_full_forward_pass(mixer):
 
     @jax.jit
     def both(variables):
-        def step(cache, token):
-            logits, cache = model.apply(variables, cache, token, method=model.decode_step)
-            return cache, logits
-
-        stepped = jax.lax.scan(step, model.init_cache(2), tokens.T)[1].swapaxes(0, 1)
-        return stepped, model.apply(variables, tokens)
+        return decoded_logits(model, variables, tokens), model.apply(variables, tokens)
 
     stepped, full = both(variables)
     chex.assert_trees_all_close(stepped, full, rtol=1e-5, atol=1e-5)
@@ -158,11 +164,7 @@ def test_log_space_models_agree_across_scans_and_decoding(mixer):
 
     @jax.jit
     def outputs(variables):
-        def step(cache, token):
-            logits, cache = model.apply(variables, cache, token, method=model.decode_step)
-            return cache, logits
-
-        stepped = jax.lax.scan(step, model.init_cache(2), tokens.T)[1].swapaxes(0, 1)
+        stepped = decoded_logits(model, variables, tokens)
         parallel = model.clone(scan="parallel").apply(variables, tokens)
         return model.apply(variables, tokens), parallel, stepped
 

@@ -7,8 +7,6 @@ Legend: b batch, t time (tokens), s source positions, d model width, h heads, e 
 f feed-forward width, v vocabulary, p prompt length / patch size, n new tokens.
 """
 
-import re
-
 import chex
 import flax.linen as nn
 import jax
@@ -16,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
-from helpers import random_inputs, random_variables
+from helpers import dropout_outputs, generation_programs, random_inputs, random_variables
 
 from arch import (
     EncoderDecoderTransformer,
@@ -136,10 +134,7 @@ def test_greedy_generation_is_the_arg_max_of_repeated_full_forward_passes(gpt_va
 
 
 def test_lowered_generation_program_does_not_grow_with_the_number_of_tokens(gpt_variables):
-    programs = [
-        re.sub(r"\d+", "N", generate.lower(GPT, gpt_variables, PROMPT, tokens).as_text())
-        for tokens in (8, 64)
-    ]
+    programs = generation_programs(GPT, gpt_variables, PROMPT, 8, 64)
     assert programs[0] == programs[1]
     assert programs[0].count("stablehlo.while") == 2  # the prefill scan and the extension scan
 
@@ -326,14 +321,7 @@ def test_dropout_is_active_only_in_training():
         apply = lambda train, key: model.apply(
             variables, TOKENS, train=train, rngs={"dropout": key}
         )
-        return {
-            "train_a": apply(True, key_a),
-            "train_a_again": apply(True, key_a),
-            "train_b": apply(True, key_b),
-            "eval_a": apply(False, key_a),
-            "eval_b": apply(False, key_b),
-            "eval_no_rng": model.apply(variables, TOKENS),
-        }
+        return dropout_outputs(apply, lambda: model.apply(variables, TOKENS), key_a, key_b)
 
     out = outputs(jax.random.key(2), jax.random.key(3))
     np.testing.assert_array_equal(out["eval_a"], out["eval_b"])
