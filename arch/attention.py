@@ -204,6 +204,7 @@ class MultiHeadAttention(nn.Module):
         projection = lambda name: RowDense(
             (self.num_heads, self.width),
             use_bias=self.use_bias,
+            axes=("embed", "heads", "head_dim"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
@@ -213,6 +214,7 @@ class MultiHeadAttention(nn.Module):
             self.features,
             in_axes=2,
             use_bias=self.use_bias,
+            axes=("heads", "head_dim", "embed"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )

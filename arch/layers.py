@@ -1,7 +1,25 @@
-"""Pieces shared by model families: activations, positional encodings, the feed-forward block."""
+"""Pieces shared by model families: activations, positional encodings, the feed-forward block,
+and the logical axis names parameters declare.
 
+Logical axes (Flax's logical partitioning, as in Flax's lm1b example and maxtext): a parameter
+says what each of its axes is, and train/sharding.py maps those names to mesh axes, so the
+sharding of a parameter never depends on what it is called. The names (LOGICAL_AXES):
+- "embed": d, the model width (a residual stream's features);
+- "mlp": f, the feed-forward hidden units (an MLP's hidden units on the split side);
+- "hidden": an MLP's hidden units on the side that is not split;
+- "heads" / "head_dim": h attention heads of e features each;
+- "vocab": v, token embedding rows and a language model's outputs;
+- "classes": a classifier's outputs;
+- "position": the rows of a learned position table;
+- "input": features read from the data (patches, feature vectors) before the first projection;
+- "layers": the stacked layer axis of a scanned stack (`nn.scan`'s metadata);
+- None: an axis no name describes (a single class token, a d -> d transform's output).
+"""
+
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
 import flax.linen as nn
@@ -9,6 +27,53 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
+
+Axes = tuple[str | None, ...]
+LOGICAL_AXES = (
+    "embed", "mlp", "hidden", "heads", "head_dim", "vocab", "classes", "position", "input",
+    "layers",
+)  # fmt: skip
+
+
+_BOX_AXES = contextvars.ContextVar("box_axes", default=False)
+
+
+@contextlib.contextmanager
+def boxed_axes() -> Iterator[None]:
+    """Within it, a parameter made by a `logical` initializer comes boxed with its names
+    (`nn.LogicallyPartitioned`, what train.sharding.param_axes reads from an abstract init);
+    outside it `model.init` returns plain arrays, as if no names were declared, so no caller
+    has to unbox. It acts while a model is traced: a function jitted outside it keeps the plain
+    trace it was compiled with."""
+    token = _BOX_AXES.set(True)
+    try:
+        yield
+    finally:
+        _BOX_AXES.reset(token)
+
+
+def logical(init: Callable[..., jax.Array], axes: Axes) -> Callable[..., Any]:
+    """`init` declaring the logical names `axes` (one per axis) of the parameter it makes: the
+    values are `init`'s; inside `boxed_axes()` they come boxed (Flax's
+    `nn.with_logical_partitioning`)."""
+    boxed = nn.with_logical_partitioning(init, axes)
+
+    def initializer(*args: Any, **kwargs: Any) -> Any:
+        return boxed(*args, **kwargs) if _BOX_AXES.get() else init(*args, **kwargs)
+
+    return initializer
+
+
+def layer_norm(dtype: str, param_dtype: str, name: str | None = None) -> nn.LayerNorm:
+    """nn.LayerNorm over d, its scale (ones) and bias (zeros) named ("embed",)."""
+    return nn.LayerNorm(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=logical(nn.initializers.ones_init(), ("embed",)),
+        bias_init=logical(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
 
 Activation = Literal["sigmoid", "tanh", "relu", "gelu", "identity"]
 
@@ -85,7 +150,7 @@ class PositionalEncoding(nn.Module):
             table = nn.Embed(
                 self.max_len,
                 x.shape[-1],
-                embedding_init=nn.initializers.normal(0.02),
+                embedding_init=logical(nn.initializers.normal(0.02), ("position", "embed")),
                 param_dtype=self.param_dtype,
                 name="table",
             )
@@ -107,6 +172,9 @@ class RowDense(nn.Module):
     features: int | tuple[int, ...]
     in_axes: int = 1
     use_bias: bool = True
+    axes: Axes | None = None
+    """Logical names of the kernel's axes (*in, *features); the bias takes the features' names.
+    None: the parameters declare none (train/sharding.py then never splits them by name)."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -120,11 +188,20 @@ class RowDense(nn.Module):
             flat = nn.initializers.lecun_normal()(key, (fan_in, fan_out), dtype)  # fan-in: prod(in)
             return flat.reshape(shape)
 
+        bias_init = nn.initializers.zeros_init()
+        if self.axes is not None:
+            if len(self.axes) != self.in_axes + len(out_shape):
+                raise ConfigError(
+                    f"RowDense axes {self.axes} name {len(self.axes)} axes, its kernel has "
+                    f"{self.in_axes + len(out_shape)}"
+                )
+            kernel_init = logical(kernel_init, self.axes)
+            bias_init = logical(bias_init, self.axes[self.in_axes :])
         kernel = self.param("kernel", kernel_init, (*in_shape, *out_shape), self.param_dtype)
         rows = x.reshape(-1, fan_in).astype(self.dtype)  # [N, prod(in)]
         y = jnp.dot(rows, kernel.reshape(fan_in, fan_out).astype(self.dtype))  # [N, prod(out)]
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros_init(), out_shape, self.param_dtype)
+            bias = self.param("bias", bias_init, out_shape, self.param_dtype)
             y = y + bias.reshape(fan_out).astype(self.dtype)
         return y.reshape(*x.shape[: x.ndim - self.in_axes], *out_shape)
 
@@ -141,9 +218,10 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        dense = lambda size, name: RowDense(
-            size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        dense = lambda size, axes, name: RowDense(
+            size, axes=axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
-        hidden = activation_fn(self.activation)(dense(self.hidden_size, "hidden")(x))  # [b, t, f]
+        hidden = dense(self.hidden_size, ("embed", "mlp"), "hidden")(x)  # [b, t, f]
+        hidden = activation_fn(self.activation)(hidden)
         hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-        return dense(self.features, "output")(hidden)  # [b, t, d]
+        return dense(self.features, ("mlp", "embed"), "output")(hidden)  # [b, t, d]

@@ -6,7 +6,19 @@ Legend: b batch, f input features (an example flattened), n hidden units, k outp
 import flax.linen as nn
 import jax
 
-from arch.layers import Activation, activation_fn, flatten_examples
+from arch.layers import Activation, Axes, activation_fn, flatten_examples, logical
+
+
+def dense(features: int, axes: Axes, dtype: str, param_dtype: str, name: str) -> nn.Dense:
+    """nn.Dense with its own initializers (LeCun normal kernel, zero bias), named `axes`."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=logical(nn.initializers.lecun_normal(), axes),
+        bias_init=logical(nn.initializers.zeros_init(), axes[1:]),
+        name=name,
+    )
 
 
 class Perceptron(nn.Module):
@@ -20,9 +32,9 @@ class Perceptron(nn.Module):
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         x = flatten_examples(inputs)  # [b, f]
         # y = W x + b: a linear decision boundary, whatever loss it is trained with
-        return nn.Dense(
-            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-        )(x)
+        return dense(self.num_outputs, ("input", "classes"), self.dtype, self.param_dtype, "head")(
+            x
+        )
 
 
 class MLP(nn.Module):
@@ -40,12 +52,14 @@ class MLP(nn.Module):
         act = activation_fn(self.activation)
         x = flatten_examples(inputs)  # [b, f]
         for i, width in enumerate(self.hidden_sizes):
-            # h_i = act(W_i h_{i-1} + b_i)
-            x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden_{i}")(
-                x
-            )
+            # h_i = act(W_i h_{i-1} + b_i); Megatron pairs: even layers split their outputs
+            # ("mlp"), odd ones their inputs, so a pair needs one reduction under tensor splits
+            axes = ("input" if i == 0 else "hidden", "mlp") if i % 2 == 0 else ("mlp", "hidden")
+            x = dense(width, axes, self.dtype, self.param_dtype, f"hidden_{i}")(x)
             x = act(x)  # [b, n_i]
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(
-            self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-        )(x)
+        inputs_axis = "input" if not self.hidden_sizes else "hidden"
+        head = dense(
+            self.num_outputs, (inputs_axis, "classes"), self.dtype, self.param_dtype, "head"
+        )
+        return head(x)

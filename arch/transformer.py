@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
-from arch.layers import PositionalEncoding, RowDense
+from arch.layers import PositionalEncoding, RowDense, layer_norm, logical
 from arch.transformer_layers import Cache, TransformerModel, positions_of, tied_logits
 
 
@@ -36,9 +36,14 @@ class TransformerEncoderModel(TransformerModel):
                 f"{type(self).__name__} expects token ids [batch, time] or features "
                 f"[batch, time, features], got shape {tuple(inputs.shape)}"
             )
-        return RowDense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(
-            inputs
+        project = RowDense(
+            self.features,
+            axes=("input", "embed"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
         )
+        return project(inputs)
 
     def encode(
         self, x: jax.Array, mask: jax.Array | None, train: bool, prefix: jax.Array | None = None
@@ -74,9 +79,8 @@ class TransformerClassifier(TransformerEncoderModel):
     def classify(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
         """Embeddings x [b, t, d] -> pooled encoding -> logits [b, num_outputs]."""
         if self.pool == "cls":
-            cls = self.param(
-                "cls", nn.initializers.normal(0.02), (1, self.features), self.param_dtype
-            )
+            init = logical(nn.initializers.normal(0.02), (None, "embed"))
+            cls = self.param("cls", init, (1, self.features), self.param_dtype)
             pooled = self.encode(x, mask, train, prefix=cls.astype(x.dtype))[:, 0]  # [b, d]
         elif self.pool == "mean":
             encoded = self.encode(x, mask, train)
@@ -84,7 +88,14 @@ class TransformerClassifier(TransformerEncoderModel):
             pooled = jnp.einsum("btd,bt->bd", encoded, weights) / weights.sum(1, keepdims=True)
         else:
             raise ConfigError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
-        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)(pooled)
+        head = nn.Dense(
+            self.num_outputs,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=logical(nn.initializers.lecun_normal(), ("embed", "classes")),
+            bias_init=logical(nn.initializers.zeros_init(), ("classes",)),
+        )  # nn.Dense's own initializers, named
+        return head(pooled)
 
 
 class MaskedLanguageModel(TransformerEncoderModel):
@@ -108,14 +119,15 @@ class MaskedLanguageModel(TransformerEncoderModel):
         embedding = self.make_embedding(self.vocab_size, name="embedding")
         x = self.encode(embedding(inputs), mask, train)
         x = RowDense(
-            self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="transform"
+            self.features,
+            axes=("embed", None),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="transform",
         )(x)
-        x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="transform_norm")(
-            nn.gelu(x)
-        )
-        bias = self.param(
-            "output_bias", nn.initializers.zeros_init(), (self.vocab_size,), self.param_dtype
-        )
+        x = layer_norm(self.dtype, self.param_dtype, name="transform_norm")(nn.gelu(x))
+        bias_init = logical(nn.initializers.zeros_init(), ("vocab",))
+        bias = self.param("output_bias", bias_init, (self.vocab_size,), self.param_dtype)
         logits = tied_logits(embedding, x) + bias  # tied to the input embedding: [b, t, v]
         return logits[..., : self.num_outputs]
 
@@ -141,7 +153,7 @@ class TransformerLM(TransformerModel):
         self.decoder = self.make_stack()
         self.dropout = nn.Dropout(self.dropout_rate)
         if not self.tie_embeddings:
-            self.head = RowDense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)
+            self.head = self.make_head()
 
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         """Token ids [b, t] -> next-token logits [b, t, v]."""
@@ -193,7 +205,7 @@ class EncoderDecoderTransformer(TransformerModel):
         self.decoder = self.make_stack(cross_attention=True)
         self.dropout = nn.Dropout(self.dropout_rate)
         if not self.tie_embeddings:
-            self.head = RowDense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)
+            self.head = self.make_head()
 
     def encode(
         self, source: jax.Array, source_mask: jax.Array | None = None, *, train: bool = False

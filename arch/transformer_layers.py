@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from arch.attention import Kernel, MultiHeadAttention, heads_problem
 from arch.errors import ConfigError
-from arch.layers import Activation, FeedForward, Positional
+from arch.layers import Activation, FeedForward, Positional, RowDense, layer_norm, logical
 
 Norm = Literal["pre", "post"]
 Cache = dict[str, Any]
@@ -65,9 +65,7 @@ class TransformerBlock(nn.Module):
             param_dtype=self.param_dtype,
         )
         count = 3 if self.cross_attention else 2
-        self.norms = [
-            nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype) for _ in range(count)
-        ]
+        self.norms = [layer_norm(self.dtype, self.param_dtype) for _ in range(count)]
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def residual(
@@ -142,9 +140,7 @@ class TransformerStack(nn.Module):
         else:
             self.blocks = [self.block.clone() for _ in range(self.num_layers)]
         if self.block.norm == "pre":
-            self.final_norm = nn.LayerNorm(
-                dtype=self.block.dtype, param_dtype=self.block.param_dtype
-            )
+            self.final_norm = layer_norm(self.block.dtype, self.block.param_dtype)
 
     def finish(self, x: jax.Array) -> jax.Array:
         return self.final_norm(x) if self.block.norm == "pre" else x
@@ -161,6 +157,7 @@ class TransformerStack(nn.Module):
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
                 length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},  # the stacked axis's name
             )
             x, _ = scanned(self.layers, x, None)
             return self.finish(x)
@@ -267,10 +264,20 @@ class TransformerModel(nn.Module):
         return nn.Embed(
             vocab_size,
             self.features,
-            embedding_init=nn.initializers.normal(0.02),
+            embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
+        )
+
+    @nn.nowrap
+    def make_head(self) -> RowDense:
+        """The untied output layer [..., d] -> [..., num_outputs] (`head` in setup)."""
+        return RowDense(
+            self.num_outputs,
+            axes=("embed", "vocab"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
 
     def logits(self, x: jax.Array) -> jax.Array:

@@ -57,7 +57,9 @@ def accumulation(sharded: bool) -> float:
     params = []
     for accumulate, batches in ((4, micro), (1, [big])):
         tx = make_optimizer(OptimConfig(name="adam", lr=0.01, accumulate=accumulate), 100)
-        state = init_state(model, tx, big["inputs"], 0, None, placement.state_shardings(tx))
+        state = init_state(
+            model, tx, big["inputs"], 0, None, placement.state_shardings(tx, model, big["inputs"])
+        )
         step = make_train_step(model, task, tx, placement.step_shardings(state))
         for batch in batches:
             state, _ = step(state, placement.batch(batch))

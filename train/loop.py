@@ -267,7 +267,9 @@ def fit(
                 prepared.batch["inputs"],
                 run.seed,
                 init_params,
-                prepared.placement.state_shardings(prepared.tx),
+                prepared.placement.state_shardings(
+                    prepared.tx, prepared.model, prepared.batch["inputs"]
+                ),
             )
             state = jax.block_until_ready(state)
             init_time = time.perf_counter() - init_start  # compiling and running the init

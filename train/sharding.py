@@ -6,9 +6,13 @@ Mesh axes (legend):
 - "data":   the batch is split over it; parameters are copied on it (data parallelism);
 - "fsdp":   the batch is split over it too, and each large parameter (and its optimizer state)
             is split along its largest divisible axis (fully sharded data parallelism, ZeRO-3);
-- "tensor": Megatron-style splits of the Transformer's attention heads and feed-forward hidden
-            units and of the MLP's hidden layers; the batch is copied on it.
+- "tensor": Megatron-style splits of the parameter axes whose logical name is in
+            `ShardingConfig.tensor_axes` (attention heads, feed-forward hidden units); the
+            batch is copied on it.
 
+Parameters declare what their axes are (logical names, arch/layers.py's LOGICAL_AXES, through
+Flax's `nn.with_logical_partitioning`); this module maps those names to mesh axes. A parameter
+that declares none is never tensor-split, whatever it is called.
 The train state's shardings follow the parameters': the optimizer state's moment trees take
 their parameter's sharding (`optax.tree_map_params`), counters are replicated.
 Multi-host: `initialize_distributed()` (`jax.distributed.initialize`, which detects SLURM and
@@ -19,32 +23,21 @@ that its devices hold (`shard_batch`).
 import dataclasses
 import math
 import os
-import re
 from typing import Any
 
+import flax.linen as nn
+import flax.traverse_util
 import jax
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from arch.errors import ConfigError
+from arch.layers import LOGICAL_AXES, Axes, boxed_axes
 from train.optim import param_path
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-
-# Megatron-style splits: (path pattern, the axis of the parameter split over "tensor").
-TENSOR_RULES: tuple[tuple[str, int], ...] = (
-    (r"(query|key|value)/kernel$", 1),  # [d, h, e]: split the heads
-    (r"(query|key|value)/bias$", 0),  # [h, e]
-    (r"attention/out/kernel$", 0),  # [h, e, d]: the heads again (row-parallel)
-    (r"feed_forward/hidden/kernel$", 1),  # [d, f]: column-parallel
-    (r"feed_forward/hidden/bias$", 0),  # [f]
-    (r"feed_forward/output/kernel$", 0),  # [f, d]: row-parallel
-    (r"^hidden_\d*[02468]/kernel$", 1),  # MLP: even hidden layers column-parallel,
-    (r"^hidden_\d*[02468]/bias$", 0),
-    (r"^hidden_\d*[13579]/kernel$", 0),  # odd ones row-parallel
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +49,19 @@ class ShardingConfig:
     tensor: int = 1
     fsdp_min_size: int = 4096
     """Parameters with fewer elements stay whole on the fsdp axis (splitting costs more)."""
+    tensor_axes: tuple[str, ...] = ("heads", "mlp")
+    """Logical axes split over the tensor mesh axis: the heads of the query / key / value
+    kernels [d, h, e] and of the output [h, e, d], the hidden units of the feed-forward
+    [d, f] and [f, d] (column- then row-parallel: one reduction per sublayer). Add "vocab"
+    to split embeddings and the output layer by token."""
+
+    def check(self) -> None:
+        unknown = sorted(set(self.tensor_axes) - set(LOGICAL_AXES))
+        if unknown:
+            raise ConfigError(
+                f"--sharding.tensor-axes names unknown logical axes {unknown}; choose from "
+                f"{', '.join(LOGICAL_AXES)} (arch/layers.py)"
+            )
 
     def shape(self, devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
@@ -94,17 +100,31 @@ def make_mesh(config: ShardingConfig, devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 
-def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh, config: ShardingConfig):
-    """The PartitionSpec of one parameter: tensor rule, then fsdp on the largest free axis."""
+def param_axes(model: nn.Module, example: Any) -> dict[str, Axes | None]:
+    """path -> the logical axis names a parameter declares (None where its module declares
+    none), read from an abstract init: nothing is computed."""
+    key = jax.random.key(0)
+    init = lambda: model.init({"params": key, "dropout": key}, example, train=False)["params"]
+    with boxed_axes():
+        flat = flax.traverse_util.flatten_dict(jax.eval_shape(init), sep="/")
+    return {
+        path: x.names if isinstance(x, nn.LogicallyPartitioned) else None
+        for path, x in flat.items()
+    }
+
+
+def param_spec(
+    axes: Axes | None, shape: tuple[int, ...], mesh: Mesh, config: ShardingConfig
+) -> PartitionSpec:
+    """The PartitionSpec of one parameter: the first axis named in `config.tensor_axes` that
+    the tensor mesh axis divides, then fsdp on the largest free axis it divides."""
     spec: list[Any] = [None] * len(shape)
     tensor = mesh.shape["tensor"]
-    stacked = 1 if re.search(r"(^|/)layers/", path) else 0  # scan_layers: a leading layer axis
-    if tensor > 1:
-        for pattern, axis in TENSOR_RULES:
-            axis += stacked
-            if re.search(pattern, path) and axis < len(shape) and shape[axis] % tensor == 0:
-                spec[axis] = "tensor"
-                break
+    if tensor > 1 and axes is not None:
+        named = [a for a, name in enumerate(axes) if name in config.tensor_axes]
+        divisible = [a for a in named if shape[a] % tensor == 0]
+        if divisible:
+            spec[divisible[0]] = "tensor"
     fsdp = mesh.shape["fsdp"]
     if fsdp > 1 and math.prod(shape) >= config.fsdp_min_size:
         free = [a for a in range(len(shape)) if spec[a] is None and shape[a] % fsdp == 0]
@@ -113,20 +133,28 @@ def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh, config: ShardingCo
     return PartitionSpec(*spec)
 
 
-def param_shardings(params: Any, mesh: Mesh, config: ShardingConfig) -> Any:
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, param_spec(param_path(path), x.shape, mesh, config)),
-        params,
-    )
+def param_shardings(
+    params: Any, mesh: Mesh, config: ShardingConfig, axes: dict[str, Axes | None]
+) -> Any:
+    def sharding(path: tuple, x: Any) -> NamedSharding:
+        name = param_path(path)
+        return NamedSharding(mesh, param_spec(axes.get(name), x.shape, mesh, config))
+
+    return jax.tree_util.tree_map_with_path(sharding, params)
 
 
 def state_shardings(
-    state: Any, tx: optax.GradientTransformation, mesh: Mesh, config: ShardingConfig
+    state: Any,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    config: ShardingConfig,
+    axes: dict[str, Axes | None],
 ) -> Any:
-    """Shardings for a (possibly abstract) TrainState: parameters by `param_spec`, optimizer
-    state leaves shaped like a parameter by that parameter's, everything else replicated."""
+    """Shardings for a (possibly abstract) TrainState: parameters by `param_spec` of their
+    logical `axes` (`param_axes`), optimizer state leaves shaped like a parameter by that
+    parameter's, everything else replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    params = param_shardings(state.params, mesh, config)
+    params = param_shardings(state.params, mesh, config, axes)
     opt_state = optax.tree_map_params(
         tx,
         lambda _, sharding: sharding,
@@ -203,17 +231,20 @@ class Placement:
         on a laptop would otherwise be ignored there and fail only on the 8-device machine."""
         devices = jax.device_count()
         config.shape(devices)
+        config.check()
         return cls(make_mesh(config) if devices > 1 else None, config)
 
     @property
     def batch_ways(self) -> int:
         return 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
-    def state_shardings(self, tx: optax.GradientTransformation):
-        """For init_state: abstract state -> its shardings (None on one device)."""
+    def state_shardings(self, tx: optax.GradientTransformation, model: nn.Module, example: Any):
+        """For init_state: abstract state -> its shardings (None on one device), from the
+        logical axes `model`'s parameters declare for `example` inputs."""
         if self.mesh is None:
             return None
-        return lambda abstract: state_shardings(abstract, tx, self.mesh, self.config)
+        axes = param_axes(model, example)
+        return lambda abstract: state_shardings(abstract, tx, self.mesh, self.config, axes)
 
     def step_shardings(self, state: Any) -> tuple[Any, Any] | None:
         """(the state's, the batch's) shardings for make_train_step / make_eval_step."""
