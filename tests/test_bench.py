@@ -37,6 +37,25 @@ def test_profile_carry_threads_a_donated_state_through_the_calls():
     assert result["flops"] == 4 + 4  # one add, one 4-element sum
 
 
+def test_measure_times_programs_and_plain_calls_side_by_side():
+    x = jnp.ones((64, 64))
+    calls = []
+    programs = {
+        "jax": bench.program(lambda a: a @ a, x),
+        "other": lambda: calls.append(1),  # another framework's step: timings only
+    }
+    peak = {"flops_per_second": 1e12, "source": "given"}
+    results = bench.measure(programs, amount=64, peak=peak, repeats=3, min_sample_seconds=0.0)
+    assert set(results) == {"jax", "other"}
+    assert len(calls) == 1 + 3  # a warm-up, then one call per pass (0 s samples: one call)
+    assert "flops" not in results["other"] and len(results["other"]["samples"]) == 3
+    jax_result = results["jax"]
+    assert jax_result["flops"] == 2 * 64**3 and jax_result["compile_s"] > 0
+    s = jax_result["seconds"]
+    assert s["min"] <= s["median"] <= s["max"] and len(jax_result["samples"]) == 3
+    assert jax_result["utilisation"] == pytest.approx(2 * 64**3 / s["median"] / 1e12)
+
+
 def test_peak_flops_uses_the_data_sheet_for_known_devices_and_measures_otherwise():
     class FakeH100:
         platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"

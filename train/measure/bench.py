@@ -246,21 +246,21 @@ def versions() -> dict[str, str]:
     }
 
 
-def profile(
-    function: Callable,
-    *args: Any,
-    amount: float = 1.0,
-    carry: bool = False,
-    peak: dict[str, Any] | None = None,
-    repeats: int = 5,
-    min_sample_seconds: float = 0.2,
-    flops: float | None = None,
-) -> dict[str, Any]:
-    """Everything measured about one jitted `function(*args)`: compile seconds (apart from run
-    time), median / min / max seconds per call after a warm-up, `amount` per second (e.g.
-    tokens), FLOPs counted from the jaxpr (loops included) and XLA's own count (loop bodies
-    once), XLA's memory analysis, the device's measured memory, and utilisation = counted
-    FLOPs / median time / `peak` (default `peak_flops()` in float32).
+@dataclasses.dataclass
+class Program:
+    """A jitted function compiled for its arguments, ready to be timed: `call()` runs it once
+    and blocks; `facts` is what is known before it runs (compile seconds, counted FLOPs, XLA's
+    cost and memory analyses)."""
+
+    call: Callable[[], None]
+    facts: dict[str, Any]
+
+
+def program(
+    function: Callable, *args: Any, carry: bool = False, flops: float | None = None
+) -> Program:
+    """Compile `function(*args)` (timed apart from running it) and count its FLOPs from the
+    jaxpr (loops included; XLA's own count, in "xla_cost", takes loop bodies once).
 
     carry: the call's first output is its next first argument (a train step whose state is
     donated, or a decoding loop), so every timed call sees fresh buffers.
@@ -279,23 +279,70 @@ def profile(
         if carry:
             state["args"] = (out[0], *state["args"][1:])
 
-    timing = time_round_robin({"call": call}, repeats, min_sample_seconds)["call"]
-    peak = peak or peak_flops()
-    achieved = counted.flops / timing.median
-    return {
+    facts = {
         "compile_s": compile_seconds,
-        "seconds": {"median": timing.median, "min": timing.min, "max": timing.max},
-        "per_second": timing.rate(amount),
         "flops": counted.flops,
         "transcendentals": counted.transcendentals,
         "uncounted": dict(counted.uncounted),
         "xla_cost": cost(compiled),
         "memory": memory(compiled),
-        "device_memory": device_memory(),
-        "flops_per_second": achieved,
-        "utilisation": achieved / peak["flops_per_second"],
-        "peak": peak,
     }
+    return Program(call, facts)
+
+
+def measure(
+    programs: dict[str, Program | Callable[[], Any]],
+    amount: float = 1.0,
+    peak: dict[str, Any] | None = None,
+    repeats: int = 5,
+    min_sample_seconds: float = 0.2,
+) -> dict[str, dict[str, Any]]:
+    """Time programs side by side, round-robin (`time_round_robin`), and say per name: seconds
+    per call (median / min / max and the samples), `amount` per second (e.g. tokens), and for a
+    Program its facts, the device's measured memory, FLOP/s and utilisation = its FLOPs /
+    median time / `peak` (default `peak_flops()` in float32). A plain call (another framework's
+    step, which must block until done) gets the timings only."""
+    calls = {name: p.call if isinstance(p, Program) else p for name, p in programs.items()}
+    timings = time_round_robin(calls, repeats, min_sample_seconds)
+    peak = peak or peak_flops()
+    results = {}
+    for name, timing in timings.items():
+        result = {
+            "seconds": {"median": timing.median, "min": timing.min, "max": timing.max},
+            "samples": list(timing.samples),
+            "per_second": timing.rate(amount),
+        }
+        if isinstance(programs[name], Program):
+            facts = programs[name].facts
+            achieved = facts["flops"] / timing.median
+            result = {
+                **facts,
+                **result,
+                "device_memory": device_memory(),
+                "flops_per_second": achieved,
+                "utilisation": achieved / peak["flops_per_second"],
+                "peak": peak,
+            }
+        results[name] = result
+    return results
+
+
+def profile(
+    function: Callable,
+    *args: Any,
+    amount: float = 1.0,
+    carry: bool = False,
+    peak: dict[str, Any] | None = None,
+    repeats: int = 5,
+    min_sample_seconds: float = 0.2,
+    flops: float | None = None,
+) -> dict[str, Any]:
+    """Everything measured about one jitted `function(*args)` (`program`, then `measure`):
+    compile seconds, median / min / max seconds per call after a warm-up, `amount` per second,
+    counted and XLA's FLOPs, XLA's memory analysis, the device's measured memory, and
+    utilisation. Several programs (or another framework's calls) timed side by side: `measure`."""
+    compiled = program(function, *args, carry=carry, flops=flops)
+    return measure({"call": compiled}, amount, peak, repeats, min_sample_seconds)["call"]
 
 
 def generation_functions(model: Any, batch: int, length: int, new_tokens: int):
