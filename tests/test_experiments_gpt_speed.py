@@ -1,13 +1,11 @@
 """Smoke test of experiments/gpt_speed.py: a 1-layer width-32 GPT, 2 timed passes."""
 
-import importlib.util
 import json
 
 import pytest
+from helpers import TORCH
 
 from experiments import gpt_speed
-
-TORCH = importlib.util.find_spec("torch") is not None
 
 
 def test_smoke_run_times_every_implementation_of_the_same_model(tmp_path):
