@@ -64,6 +64,21 @@ def logical(init: Callable[..., jax.Array], axes: Axes) -> Callable[..., Any]:
     return initializer
 
 
+def dense(
+    features: int, axes: Axes, dtype: str, param_dtype: str, name: str | None = None
+) -> nn.Dense:
+    """nn.Dense with its own initializers (LeCun normal kernel, zero bias), its kernel named
+    `axes` (in, out) and its bias (out,)."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=logical(nn.initializers.lecun_normal(), axes),
+        bias_init=logical(nn.initializers.zeros_init(), axes[1:]),
+        name=name,
+    )
+
+
 def layer_norm(dtype: str, param_dtype: str, name: str | None = None) -> nn.LayerNorm:
     """nn.LayerNorm over d, its scale (ones) and bias (zeros) named ("embed",)."""
     return nn.LayerNorm(

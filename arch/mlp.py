@@ -6,19 +6,7 @@ Legend: b batch, f input features (an example flattened), n hidden units, k outp
 import flax.linen as nn
 import jax
 
-from arch.layers import Activation, Axes, activation_fn, flatten_examples, logical
-
-
-def dense(features: int, axes: Axes, dtype: str, param_dtype: str, name: str) -> nn.Dense:
-    """nn.Dense with its own initializers (LeCun normal kernel, zero bias), named `axes`."""
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=logical(nn.initializers.lecun_normal(), axes),
-        bias_init=logical(nn.initializers.zeros_init(), axes[1:]),
-        name=name,
-    )
+from arch.layers import Activation, activation_fn, dense, flatten_examples
 
 
 class Perceptron(nn.Module):
@@ -32,9 +20,8 @@ class Perceptron(nn.Module):
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         x = flatten_examples(inputs)  # [b, f]
         # y = W x + b: a linear decision boundary, whatever loss it is trained with
-        return dense(self.num_outputs, ("input", "classes"), self.dtype, self.param_dtype, "head")(
-            x
-        )
+        head = dense(self.num_outputs, ("input", "classes"), self.dtype, self.param_dtype, "head")
+        return head(x)
 
 
 class MLP(nn.Module):

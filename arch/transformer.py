@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
-from arch.layers import PositionalEncoding, RowDense, layer_norm, logical
+from arch.layers import PositionalEncoding, RowDense, dense, layer_norm, logical
 from arch.transformer_layers import Cache, TransformerModel, positions_of, tied_logits
 
 
@@ -88,13 +88,7 @@ class TransformerClassifier(TransformerEncoderModel):
             pooled = jnp.einsum("btd,bt->bd", encoded, weights) / weights.sum(1, keepdims=True)
         else:
             raise ConfigError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
-        head = nn.Dense(
-            self.num_outputs,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=logical(nn.initializers.lecun_normal(), ("embed", "classes")),
-            bias_init=logical(nn.initializers.zeros_init(), ("classes",)),
-        )  # nn.Dense's own initializers, named
+        head = dense(self.num_outputs, ("embed", "classes"), self.dtype, self.param_dtype)
         return head(pooled)
 
 
