@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
-from arch.layers import PositionalEncoding, RowDense, dense, layer_norm, logical
+from arch.layers import PositionalEncoding, RowDense, dense, is_token_ids, layer_norm, logical
 from arch.transformer_layers import Cache, TransformerModel, positions_of, tied_logits
 
 
@@ -24,12 +24,7 @@ class TransformerEncoderModel(TransformerModel):
 
     def embed(self, inputs: jax.Array, name: str = "embedding") -> jax.Array:
         """Token ids [b, t] -> [b, t, d]; features [b, t, f] -> Dense -> [b, t, d]."""
-        if jnp.issubdtype(inputs.dtype, jnp.integer):
-            if self.vocab_size is None:
-                raise ConfigError(
-                    f"{type(self).__name__} got token ids {inputs.shape} but vocab_size is None; "
-                    "set --model.vocab-size"
-                )
+        if is_token_ids(self, inputs):
             return self.make_embedding(self.vocab_size, name=name)(inputs)
         if inputs.ndim != 3:
             raise ConfigError(
