@@ -27,6 +27,7 @@ reference's softmax of all-equal masked scores gives. Softmax statistics are flo
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,17 @@ from arch.errors import ConfigError
 F32 = jnp.float32
 F32_OUT = {"preferred_element_type": F32}  # products of any dtype accumulate in float32
 Residuals = tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, jax.Array, jax.Array]
+
+
+class Tiling(NamedTuple):
+    """The static settings of one call (hashable: the custom VJP's non-differentiable argument)."""
+
+    causal: bool
+    scale: float
+    keys: int
+    """k, the number of keys before padding."""
+    blocks: tuple[int, int]
+    """(c, r): queries and keys per block."""
 
 
 def blockwise_attention(
@@ -67,7 +79,7 @@ def blockwise_attention(
         if key_mask is not None:
             valid = valid & jnp.pad(key_mask.astype(bool), ((0, 0), (0, padded_keys - keys)))
     query, key, value = pad(query, blocks[0]), pad(key, blocks[1]), pad(value, blocks[1])
-    return _attention(query, key, value, valid, causal, scale, keys, blocks)[:, :queries]
+    return _attention(query, key, value, valid, Tiling(causal, scale, keys, blocks))[:, :queries]
 
 
 def pad(x: jax.Array, size: int) -> jax.Array:
@@ -114,20 +126,13 @@ def attend(valid: jax.Array | None, j: jax.Array, block_k: int, diagonal: bool) 
 
 
 def forward(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    valid: jax.Array | None,
-    causal: bool,
-    scale: float,
-    keys: int,
-    blocks: tuple[int, int],
+    query: jax.Array, key: jax.Array, value: jax.Array, valid: jax.Array | None, tiling: Tiling
 ) -> tuple[jax.Array, jax.Array]:
     """query [b, q', h, e], key / value [b, k', h, e] -> (output [b, q', h, e] in the query's
     dtype, logsumexp L [b, h, q'] float32: +inf for a query that attends no key, so that each
     of its exp(S - L) in the backward pass is 0)."""
     batch, queries, heads, width = query.shape
-    block_q, block_k = blocks
+    causal, scale, keys, (block_q, block_k) = tiling
     q_blocks, k_blocks = queries // block_q, key.shape[1] // block_k
     mean_value = value.astype(F32).sum(axis=1) / keys  # [b, h, e]; the padding is zeros
     rows = (batch, 1, block_q)
@@ -170,46 +175,27 @@ def forward(
     return jax.lax.fori_loop(0, heads * q_blocks, query_block, init)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    valid: jax.Array | None,
-    causal: bool,
-    scale: float,
-    keys: int,
-    blocks: tuple[int, int],
+    query: jax.Array, key: jax.Array, value: jax.Array, valid: jax.Array | None, tiling: Tiling
 ) -> jax.Array:
-    """`forward`'s output; `keys` is k before padding, `blocks` is (c, r)."""
-    return forward(query, key, value, valid, causal, scale, keys, blocks)[0]
+    """`forward`'s output."""
+    return forward(query, key, value, valid, tiling)[0]
 
 
 def _attention_forward(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    valid: jax.Array | None,
-    causal: bool,
-    scale: float,
-    keys: int,
-    blocks: tuple[int, int],
+    query: jax.Array, key: jax.Array, value: jax.Array, valid: jax.Array | None, tiling: Tiling
 ) -> tuple[jax.Array, Residuals]:
-    out, lse = forward(query, key, value, valid, causal, scale, keys, blocks)
+    out, lse = forward(query, key, value, valid, tiling)
     return out, (query, key, value, valid, out, lse)
 
 
 def _attention_backward(
-    causal: bool,
-    scale: float,
-    keys: int,
-    blocks: tuple[int, int],
-    residuals: Residuals,
-    d_out: jax.Array,
+    tiling: Tiling, residuals: Residuals, d_out: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array, None]:
     """dQ, dK, dV [b, q' or k', h, e] from d_out [b, q', h, e]; the mask gets no gradient."""
     query, key, value, valid, out, lse = residuals
-    block_q, block_k = blocks
+    causal, scale, keys, (block_q, block_k) = tiling
     heads = query.shape[2]
     q_blocks, k_blocks = query.shape[1] // block_q, key.shape[1] // block_k
     delta = jnp.einsum("bqhe,bqhe->bhq", d_out, out, **F32_OUT)  # D = rowsum(dO * O), [b, h, q']

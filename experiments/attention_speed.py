@@ -37,7 +37,7 @@ import matplotlib
 import numpy as np
 
 from arch.attention import dot_product_attention
-from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
+from experiments.common.scaffold import Experiment, ExperimentConfig, measured_on, runtime_text
 from train.measure import bench
 from train.report import figure, format_table, save_figure
 
@@ -310,11 +310,7 @@ def study(config: Config, out: str) -> dict:
     results = {
         "holds": holds,
         "goal_by_block_size": by_block,
-        "command": "python -m experiments.attention_speed",
-        "device": bench.device_description(),
-        "max_load_average": busiest,
-        "torch": bench.torch_record(torch, torch_missing),
-        "dtype": "float32",
+        **measured_on("attention_speed", busiest, (torch, torch_missing)),
         "batch": config.batch,
         "width": config.width,
         "heads": config.heads,

@@ -29,9 +29,8 @@ import jax
 import numpy as np
 
 from arch import MODELS
-from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
+from experiments.common.scaffold import Experiment, TrainingConfig, runtime_text
 from train.loop import RunConfig, fit
-from train.optim import OptimConfig
 from train.report import figure, format_table, save_figure
 from train.tasks import TASKS
 from train.tasks.detection_metrics import mean_average_precision
@@ -46,12 +45,9 @@ COLOURS = ("tab:orange", "tab:cyan", "tab:pink", "tab:olive")  # one per class
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     steps: int = 2500
-    batch_size: int = 32
-    lr: float = 3e-3
-    """Peak learning rate of Adam: linear warm-up, then cosine decay to 0."""
-    warmup_steps: int = 100
+    clip_norm: float | None = None
     num_eval: int = 512
     """Scenes in the validation and the test set."""
     score_threshold: float = 0.05
@@ -130,9 +126,7 @@ def summary_line(results: dict) -> str:
 def study(config: Config, out: str) -> dict:
     task = TASKS["scenes"](batch_size=config.batch_size, num_eval=config.num_eval)
     model = MODELS["detector"]()
-    optim = OptimConfig(
-        lr=config.lr, schedule="cosine", warmup_steps=min(config.warmup_steps, config.steps // 2)
-    )
+    optim = config.optim(config.steps)
     run = RunConfig.quiet(
         config.steps, config.evaluations, seed=config.seed, run_dir=os.path.join(out, "run")
     )

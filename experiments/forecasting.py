@@ -26,15 +26,8 @@ import os
 import numpy as np
 
 from arch import MODELS
-from experiments.common.scaffold import Experiment, ExperimentConfig
-from train.optim import OptimConfig
-from train.report import (
-    figure,
-    fit_seeds,
-    format_table,
-    save_figure,
-    seed_summary,
-)
+from experiments.common.scaffold import Experiment, TrainingConfig
+from train.report import figure, fit_seeds, format_table, save_figure, seed_summary
 from train.tasks import TASKS
 
 CLAIM = (
@@ -48,7 +41,7 @@ RANDOM_WALK_RANGE = (0.98, 1.10)  # allowed test MSE / naive MSE on the random w
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     window: int = 32
     horizon: int = 4
     hidden_size: int = 32
@@ -56,9 +49,6 @@ class Config(ExperimentConfig):
     mlp_hidden_sizes: tuple[int, ...] = (64, 64)
     steps: int = 2000
     batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 100
-    clip_norm: float = 1.0
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of the parameter initialisation (the data of each series is fixed)."""
     num_eval: int = 2048
@@ -78,16 +68,10 @@ def models(config: Config) -> dict:
 
 def train_model(name: str, model, series: str, task, config: Config, out: str) -> dict:
     """Train `model` on `task` once per seed; its test MSE, the naive MSE, size and speed."""
-    optim = OptimConfig(
-        lr=config.lr,
-        schedule="cosine",
-        warmup_steps=min(config.warmup_steps, config.steps),
-        clip_norm=config.clip_norm,
-    )
     runs = fit_seeds(
         model,
         task,
-        optim,
+        config.optim(config.steps, most_warmup=1.0),
         config.steps,
         config.seeds,
         os.path.join(out, f"{series}-{name}"),

@@ -178,7 +178,7 @@ def study(config: Config, out: str) -> dict:
             row["vs_torch"] = ratio
     ours = [r for r in rows if r["implementation"].startswith("ours")]
     best = max(ours, key=lambda r: r["tokens_per_second"]["median"])
-    results = {
+    return {
         "holds": None if torch_row is None else best["vs_torch"] >= bench.TIE,
         "device": bench.device_description(),
         "flops_per_step": flops,
@@ -187,6 +187,12 @@ def study(config: Config, out: str) -> dict:
         "rows": rows,
         "measured": measured,
     }
+
+
+def report(results: dict, config: Config, out: str) -> None:
+    peak, torch_peak, flops = (
+        results[k] for k in ("matmul_peak", "torch_matmul_peak", "flops_per_step")
+    )
     table = [
         {
             "implementation": r["implementation"],
@@ -199,7 +205,7 @@ def study(config: Config, out: str) -> dict:
             "params": r["parameters"],
             "compile s": r["compile_seconds"] or "-",
         }
-        for r in rows
+        for r in results["rows"]
     ]
     print(format_table(table, list(table[0])))
     torch_text = "" if torch_peak is None else f", PyTorch's {torch_peak['median'] / 1e9:.0f}"
@@ -207,8 +213,7 @@ def study(config: Config, out: str) -> dict:
         f"float32 peak {peak['flops_per_second'] / 1e9:.0f} GFLOP/s ({peak['source']})"
         f"{torch_text}; {flops / 1e9:.2f} GFLOP per step (XLA's count)"
     )
-    return results
 
 
-EXPERIMENT = Experiment("gpt_speed", CLAIM, Config, study)
+EXPERIMENT = Experiment("gpt_speed", CLAIM, Config, study, report)
 main = EXPERIMENT.main_of(__name__)

@@ -39,9 +39,8 @@ from typing import Any
 
 from arch import MODELS
 from arch.linear_rnn import Mixer
-from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
+from experiments.common.scaffold import Experiment, TrainingConfig, runtime_text
 from train.loop import RunConfig, fit
-from train.optim import OptimConfig
 from train.report import figure, format_table, save_figure
 from train.tasks import TASKS, MarkovLanguage
 
@@ -59,7 +58,7 @@ LINEAR = ("lru", "mingru", "minlstm", "mamba")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     mixers: tuple[Mixer, ...] = LINEAR
     linear_layers: int = 2
     """Blocks per linear-recurrence model. One block cannot multiply two inputs before its
@@ -82,16 +81,12 @@ class Config(ExperimentConfig):
     copy_steps: int = 800
     markov_length: int = 64
     markov_steps: int = 600
-    batch_size: int = 32
-    lr: float = 3e-3
     lru_recurrence_lr_scale: float = 1.0
     """The LRU's eigenvalue parameters (nu_log, theta_log) train at this fraction of lr (the LRU
     paper uses a smaller rate for them). Probes (seed 0) on adding@200: at 1.0 the LRU stays at
     the mean predictor for 1000 steps (0.165); 0.1 gives 0.13, 0.02 gives 0.045 (0.015 at 2000
     steps). A full run with 0.02 reached adding 0.055 but markov 3.179 bits (gap 0.136,
     against 3.119 at 1.0), so the default stays 1.0: no single setting passed both."""
-    warmup_steps: int = 100
-    clip_norm: float = 1.0
     evaluations: int = 5
     seed: int = 0
 
@@ -151,11 +146,10 @@ def train(name: str, model: Any, task: Any, steps: int, length: int, config: Con
     result = fit(
         model,
         task,
-        OptimConfig(
-            lr=config.lr,
-            schedule="constant",
-            warmup_steps=min(config.warmup_steps, steps),
-            clip_norm=config.clip_norm,
+        config.optim(
+            steps,
+            "constant",
+            most_warmup=1.0,
             lr_scale=(
                 (("nu_log|theta_log", config.lru_recurrence_lr_scale),) if name == "lru" else ()
             ),

@@ -31,7 +31,7 @@ import matplotlib
 import numpy as np
 
 from arch.linear_scan import linear_scan
-from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
+from experiments.common.scaffold import Experiment, ExperimentConfig, measured_on, runtime_text
 from train.measure import bench
 from train.report import figure, format_table, save_figure
 
@@ -261,10 +261,7 @@ def study(config: Config, out: str) -> dict:
         "holds": holds,
         "platform": platform,
         "parallel_over_sequential": ratios,  # float32 forward+backward, by length
-        "command": "python -m experiments.linear_scan_speed",
-        "device": bench.device_description(),
-        "max_load_average": busiest,
-        "dtype": "float32",
+        **measured_on("linear_scan_speed", busiest),
         "batch": config.batch,
         "width": config.width,
         "lengths": list(config.lengths),

@@ -28,9 +28,9 @@ import numpy as np
 from arch import MODELS
 from arch.errors import ConfigError
 from arch.rnn_cells import CellName
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, TrainingConfig
 from train.loop import FitResult, RunConfig, fit
-from train.optim import OptimConfig, ScheduleName
+from train.optim import ScheduleName
 from train.report import figure, format_table, save_figure
 from train.tasks import TASKS
 
@@ -45,7 +45,7 @@ MEAN_PREDICTOR_MSE = 1.0 / 6.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     cells: tuple[CellName, ...] = ("elman", "lstm", "gru")
     hidden_size: int = 64
     """The same for every cell (so the LSTM has the most parameters: 4 gates to Elman's 1)."""
@@ -55,15 +55,11 @@ class Config(ExperimentConfig):
     copy_length: int = 5
     num_symbols: int = 8
     copy_steps: int = 3000
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 100
     schedule: ScheduleName = "constant"
     """After the warm-up. Constant: the gated cells leave the copy task's plateau sooner than
     with cosine decay (see Result), at the risk of a late Adam spike (seen once, with the
     earlier init: the Elman RNN copying at delay 10 fell from 1.0 to 0.84 in its last 300
     steps; "best val" in the table shows such a fall)."""
-    clip_norm: float = 1.0
     bar_length: int = 200
     """The adding length at which "holds" is judged (must be one of adding_lengths)."""
     seed: int = 0
@@ -84,19 +80,11 @@ class Config(ExperimentConfig):
 
 def train(model_name: str, cell: str, task, steps: int, config: Config, run_dir: str) -> dict:
     """One run of `cell` on `task`: its test metrics, size, speed and validation curve."""
-    every = max(steps // config.evaluations, 1)
     result: FitResult = fit(
         MODELS[model_name](cell=cell, hidden_size=config.hidden_size),
         task,
-        OptimConfig(
-            lr=config.lr,
-            schedule=config.schedule,
-            warmup_steps=min(config.warmup_steps, steps),
-            clip_norm=config.clip_norm,
-        ),
-        RunConfig.quiet(
-            steps, eval_every=every, log_every=every, seed=config.seed, run_dir=run_dir
-        ),
+        config.optim(steps, config.schedule, most_warmup=1.0),
+        RunConfig.quiet(steps, config.evaluations, seed=config.seed, run_dir=run_dir),
     )
     summary = result.summary
     metric = "mse" if "mse" in summary["final"]["test"] else "accuracy"

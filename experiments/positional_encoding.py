@@ -33,16 +33,9 @@ import numpy as np
 from arch import MODELS
 from arch.errors import ConfigError
 from arch.layers import Positional
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, TrainingConfig
 from train.loop import FitResult
-from train.optim import OptimConfig
-from train.report import (
-    figure,
-    fit_seeds,
-    format_table,
-    save_figure,
-    seed_summary,
-)
+from train.report import figure, fit_seeds, format_table, save_figure, seed_summary
 from train.tasks import TASKS
 
 CLAIM = (
@@ -60,7 +53,7 @@ TaskName = Literal["sorted", "reverse"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     encodings: tuple[Positional, ...] = ("none", "sinusoidal", "learned", "rotary")
     """Positional encodings to train; "none" and at least one other are needed."""
     tasks: tuple[TaskName, ...] = ("sorted", "reverse")
@@ -69,11 +62,7 @@ class Config(ExperimentConfig):
     num_layers: int = 2
     num_heads: int = 4
     steps: int = 3000
-    """Train steps per model (fresh batches of 32 sequences)."""
-    lr: float = 3e-3
-    """Peak learning rate of Adam; cosine decay to 0 after a linear warm-up."""
-    warmup_steps: int = 100
-    clip_norm: float = 1.0
+    """Train steps per model (fresh batches of batch_size sequences)."""
     vocab_size: int = 10
     sorted_length: int = 10
     reverse_length: int = 12
@@ -91,7 +80,7 @@ class Config(ExperimentConfig):
 
 def make_task(name: TaskName, config: Config):
     length = config.sorted_length if name == "sorted" else config.reverse_length
-    return TASKS[name](vocab_size=config.vocab_size, length=length)
+    return TASKS[name](batch_size=config.batch_size, vocab_size=config.vocab_size, length=length)
 
 
 def order_blind_level(name: TaskName, task) -> float:
@@ -125,16 +114,10 @@ def train_model(name: TaskName, positional: Positional, task, config: Config, ou
         positional=positional,
         max_len=task.length + extra,
     )
-    optim = OptimConfig(
-        lr=config.lr,
-        schedule="cosine",
-        warmup_steps=min(config.warmup_steps, config.steps // 2),
-        clip_norm=config.clip_norm,
-    )
     results = fit_seeds(
         model,
         task,
-        optim,
+        config.optim(config.steps),
         config.steps,
         config.seeds,
         os.path.join(out, f"{name}-{positional}"),

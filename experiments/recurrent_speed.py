@@ -41,7 +41,7 @@ import numpy as np
 
 from arch.rnn_cells import Cell, GRUCell, LSTMCell
 from arch.rnn_layer import RNN, Backward
-from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
+from experiments.common.scaffold import Experiment, ExperimentConfig, measured_on, runtime_text
 from train.measure import bench
 from train.measure.recurrent_layers import (
     MODES,
@@ -349,11 +349,7 @@ def study(config: Config, out: str) -> dict:
         fastest.setdefault(r["cell"], {}).setdefault(r["mode"], {})[r["length"]] = r["fastest_ours"]
     results = {
         "holds": all(r["ours_vs_flax"] >= bench.TIE for r in ratios),
-        "command": "python -m experiments.recurrent_speed",
-        "device": bench.device_description(),
-        "max_load_average": busiest,
-        "torch": bench.torch_record(torch, torch_missing),
-        "dtype": "float32",
+        **measured_on("recurrent_speed", busiest, (torch, torch_missing)),
         "batch": config.batch,
         "width": config.width,
         "lengths": list(config.lengths),

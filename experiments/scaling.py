@@ -40,7 +40,7 @@ from matplotlib.ticker import FormatStrFormatter
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from arch import MODELS
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, TrainingConfig
 from train.loop import RunConfig, fit
 from train.measure.flops import count
 from train.optim import OptimConfig, make_optimizer
@@ -63,7 +63,7 @@ LN2 = math.log(2.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     families: tuple[Family, ...] = ("gpt", "lstm", "mingru")
     gpt_widths: tuple[int, ...] = (16, 24, 32, 48, 64)
     lstm_widths: tuple[int, ...] = (16, 32, 48, 80, 128)
@@ -79,11 +79,9 @@ class Config(ExperimentConfig):
     steps: int = 800
     budget_fractions: tuple[float, ...] = (0.25, 0.5)
     """The middle width of each family is trained again for these fractions of `steps`."""
-    batch_size: int = 32
     length: int = 64
     lr: float = 5e-3
     warmup_steps: int = 50
-    clip_norm: float = 1.0
     evaluations: int = 16
     frontier_start: float = 0.125
     """Curve points before this fraction of a run's steps stay off the compute frontier."""
@@ -138,9 +136,7 @@ def train_run(
     family: Family, width: int, steps: int, task: MarkovLanguage, config: Config, out: str
 ) -> dict:
     model = build(family, width, config)
-    warmup = min(config.warmup_steps, steps // 4)
-    optim = OptimConfig(lr=config.lr, schedule="cosine", warmup_steps=warmup,
-                        clip_norm=config.clip_norm)  # fmt: skip
+    optim = config.optim(steps, most_warmup=0.25)
     flops = step_flops(model, task, optim, steps)
     run_dir = os.path.join(out, f"{family}-{width}-{steps}")
     result = fit(model, task, optim, RunConfig.quiet(steps, config.evaluations, run_dir=run_dir,

@@ -32,9 +32,8 @@ import numpy as np
 
 from arch import MODELS
 from arch.errors import ConfigError
-from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
+from experiments.common.scaffold import Experiment, TrainingConfig, runtime_text
 from train.loop import RunConfig, fit
-from train.optim import OptimConfig
 from train.report import figure, format_table, save_figure
 from train.tasks import TASKS
 from train.tasks.translation import BOS, PAD
@@ -50,7 +49,7 @@ HOLDS = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     lengths: tuple[int, ...] = (5, 10, 20, 30, 40, 60)
     """Source lengths of the test sets."""
     min_length: int = 3
@@ -60,9 +59,6 @@ class Config(ExperimentConfig):
     num_words: int = 20
     steps: int = 1200
     batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 100
-    clip_norm: float = 1.0
     hidden_size: int = 64
     """n of the Bahdanau GRU encoder-decoder (each direction of the encoder, and the decoder)."""
     bottleneck_hidden_size: int = 88
@@ -144,16 +140,10 @@ def attention_example(result, task, length: int) -> dict:
 
 
 def train_and_measure(name: str, model, task, config: Config, out: str) -> tuple[dict, object]:
-    optim = OptimConfig(
-        lr=config.lr,
-        schedule="cosine",
-        warmup_steps=min(config.warmup_steps, config.steps // 2),
-        clip_norm=config.clip_norm,
-    )
     run = RunConfig.quiet(
         config.steps, 4, seed=config.seed, eval_batch_size=256, run_dir=os.path.join(out, name)
     )
-    result = fit(model, task, optim, run)
+    result = fit(model, task, config.optim(config.steps), run)
     start = time.perf_counter()
     by_length = {}
     for length in config.lengths:

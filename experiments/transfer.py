@@ -96,7 +96,7 @@ def study(config: Config, out: str) -> dict:
     smallest = min(config.sizes)
     holds = mean["frozen"][smallest] > mean["scratch"][smallest]
     frozen_wins = [n for n in config.sizes if mean["frozen"][n] > mean["scratch"][n]]
-    results = {
+    return {
         "holds": bool(holds),
         "criterion": f"mean test accuracy of frozen > scratch at the smallest size n={smallest}",
         "sizes": list(config.sizes),
@@ -108,6 +108,9 @@ def study(config: Config, out: str) -> dict:
         "test_accuracy_std": std,
     }
 
+
+def report(results: dict, config: Config, out: str) -> None:
+    mean, std = results["test_accuracy_mean"], results["test_accuracy_std"]
     fig, ax = figure(figsize=(6, 4))
     for method in METHODS:
         ax.errorbar(
@@ -133,11 +136,10 @@ def study(config: Config, out: str) -> dict:
     ]
     print(format_table(rows))
     print(
-        f"pretraining on 0-4: test accuracy {np.mean(pretrain_accuracy):.4f}; frozen beats "
-        f"scratch at n in {frozen_wins}"
+        f"pretraining on 0-4: test accuracy {np.mean(results['pretrain_test_accuracy']):.4f}; "
+        f"frozen beats scratch at n in {results['sizes_where_frozen_beats_scratch']}"
     )
-    return results
 
 
-EXPERIMENT = Experiment("transfer", CLAIM, Config, study)
+EXPERIMENT = Experiment("transfer", CLAIM, Config, study, report)
 main = EXPERIMENT.main_of(__name__)

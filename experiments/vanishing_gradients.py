@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 from arch import MODELS
-from experiments.common.scaffold import Experiment, ExperimentConfig
+from experiments.common.scaffold import Experiment, TrainingConfig
 from train.guards import NonFiniteError
 from train.loop import RunConfig, adapt_model, fit
 from train.optim import OptimConfig, make_optimizer
@@ -68,15 +68,14 @@ FLOOR = float(np.finfo(np.float32).tiny)  # norms below float32's smallest norma
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     length: int = 100
     """Sequence length T of the adding problem (and of the scalar recurrence)."""
     hidden_size: int = 64
     steps: int = 1500
     """Adam steps of each gated and Elman model on the adding problem."""
-    batch_size: int = 32
     lr: float = 1e-3
-    clip_norm: float = 1.0
+    warmup_steps: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of the parameter initialisation (part 2) and of the clipping runs (part 3)."""
     num_examples: int = 32
@@ -226,7 +225,7 @@ def study(config: Config, out_dir: str) -> dict:
 
     task = Adding(length=config.length, batch_size=config.batch_size)
     inputs = task.data["validation"][0][: config.num_examples]  # [b, t, f]
-    optim = OptimConfig(lr=config.lr, clip_norm=config.clip_norm)
+    optim = config.optim(config.steps, "constant")
     run = RunConfig.quiet(config.steps)
     norms = {cell: {"init": [], "trained": []} for cell in CELLS}  # [seed][b, t]
     test_mse = {cell: [] for cell in CELLS}

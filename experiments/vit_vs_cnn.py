@@ -19,8 +19,7 @@ import numpy as np
 
 from arch import MODELS
 from arch.errors import ConfigError
-from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text
-from train.optim import OptimConfig
+from experiments.common.scaffold import Experiment, TrainingConfig, runtime_text
 from train.report import fit_seeds, format_table, plot_seed_summaries, seed_summary
 from train.state import parameter_count
 from train.tasks import TASKS
@@ -43,7 +42,7 @@ VITS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(TrainingConfig):
     steps: int = 1000
     """Train steps of every model (batch 64: 1000 steps are about 50 epochs)."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -54,6 +53,7 @@ class Config(ExperimentConfig):
     """Peak learning rate of Adam, cosine decay to 0 after a linear warm-up, for every model
     (the ViTs' best of 3e-4, 1e-3, 3e-3, 6e-3 in probes; LeNet scored 0.979-0.986 at all)."""
     warmup_steps: int = 50
+    clip_norm: float | None = None
     evaluations: int = 10
     """Validation evaluations per run (the curves of the plot)."""
 
@@ -78,11 +78,14 @@ def is_matched(parameters: int, lenet_parameters: int) -> bool:
 
 def train_model(name: str, model: Any, task: Any, config: Config, out: str) -> dict:
     """Train `model` once per seed; its test accuracies, size, times and validation curves."""
-    optim = OptimConfig(
-        lr=config.lr, schedule="cosine", warmup_steps=min(config.warmup_steps, config.steps // 2)
-    )
     runs = fit_seeds(
-        model, task, optim, config.steps, config.seeds, os.path.join(out, name), config.evaluations
+        model,
+        task,
+        config.optim(config.steps),
+        config.steps,
+        config.seeds,
+        os.path.join(out, name),
+        config.evaluations,
     )
     train = [r.summary["final"]["train"]["accuracy"] for r in runs]
     return {

@@ -13,8 +13,11 @@ from experiments.common.scaffold import (
     SCAFFOLD_KEYS,
     Experiment,
     ExperimentConfig,
+    TrainingConfig,
+    measured_on,
     other_jobs_warning,
 )
+from train.optim import OptimConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,3 +116,36 @@ def test_main_of_runs_the_command_line_only_for_the_main_module(tmp_path, monkey
     assert not (tmp_path / "results.json").exists()
     experiment.main_of("__main__")  # python -m experiments.toy
     assert json.loads((tmp_path / "results.json").read_text())["steps_run"] == 3
+
+
+def test_a_training_study_gets_adam_with_its_warm_up_capped_by_the_run_length():
+    @dataclasses.dataclass(frozen=True)
+    class Study(TrainingConfig):
+        lr: float = 5e-3  # a study's own default, by declaring the field again
+
+    config = Study()
+    assert (config.batch_size, config.warmup_steps, config.clip_norm) == (32, 100, 1.0)
+    assert config.optim(1000) == OptimConfig(
+        lr=5e-3, schedule="cosine", warmup_steps=100, clip_norm=1.0
+    )
+    assert config.optim(30).warmup_steps == 15  # at most half of a short run
+    assert config.optim(30, most_warmup=0.25).warmup_steps == 7  # 30 // 4
+    assert config.optim(30, most_warmup=1.0).warmup_steps == 30
+    scaled = config.optim(50, "constant", lr_scale=(("nu_log", 0.5),))
+    assert (scaled.schedule, scaled.lr_scale) == ("constant", (("nu_log", 0.5),))
+    assert Study(clip_norm=None).optim(10).clip_norm is None
+
+
+def test_a_speed_study_records_where_it_measured():
+    where = measured_on("toy_speed", 1.25)
+    assert list(where) == ["command", "device", "max_load_average", "dtype"]
+    assert where["command"] == "python -m experiments.toy_speed"
+    assert (where["max_load_average"], where["dtype"]) == (1.25, "float32")
+    with_torch = measured_on("toy_speed", 1.25, (None, "not installed"))
+    assert list(with_torch) == ["command", "device", "max_load_average", "torch", "dtype"]
+    assert with_torch["torch"] == {
+        "available": False,
+        "reason": "not installed",
+        "threads": None,
+        "version": None,
+    }

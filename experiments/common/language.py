@@ -6,24 +6,20 @@ import dataclasses
 import os
 from typing import Any
 
-from experiments.common.scaffold import ExperimentConfig
+from experiments.common.scaffold import TrainingConfig
 from train.loop import FitResult, RunConfig, fit
-from train.optim import OptimConfig
 from train.tasks import MarkovLanguage
 
 
 @dataclasses.dataclass(frozen=True)
-class LanguageModelConfig(ExperimentConfig):
+class LanguageModelConfig(TrainingConfig):
     """The fields of an LM study's runs; a study sets its own defaults by redeclaring them."""
 
     steps: int = 2000
     """Train steps per model (batch 32 x 128 tokens: 2000 steps are 8.2M fresh tokens)."""
-    batch_size: int = 32
     length: int = 128
     lr: float = 5e-3
     """Peak learning rate of Adam; cosine decay to 0 after a linear warm-up."""
-    warmup_steps: int = 100
-    clip_norm: float = 1.0
     num_eval: int = 256
     """Sequences per evaluation split (256 x 127 = 32,512 scored tokens at length 128)."""
     prompt_length: int = 16
@@ -56,21 +52,10 @@ def fit_language_model(
     """Train one LM with the config's lr, warm-up, clipping, steps, evaluations and seed, in
     out/name: (the fit's result, its row: test bits/char, gap to the entropy rate, perplexity,
     accuracy, size, speed, validation curve)."""
-    optim = OptimConfig(
-        lr=config.lr,
-        schedule="cosine",
-        warmup_steps=min(config.warmup_steps, config.steps // 2),
-        clip_norm=config.clip_norm,
-    )
-    every = max(config.steps // config.evaluations, 1)
     run = RunConfig.quiet(
-        config.steps,
-        eval_every=every,
-        log_every=every,
-        seed=config.seed,
-        run_dir=os.path.join(out, name),
+        config.steps, config.evaluations, seed=config.seed, run_dir=os.path.join(out, name)
     )
-    result = fit(model, task, optim, run)
+    result = fit(model, task, config.optim(config.steps), run)
     test = result.summary["final"]["test"]
     curve = result.curve("bits_per_char")
     return result, {

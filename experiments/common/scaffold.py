@@ -27,6 +27,7 @@ import tyro
 
 from arch.errors import ConfigError
 from train.measure import bench
+from train.optim import OptimConfig, ScheduleName
 from train.report import experiment_dir, write_results
 
 BUSY_LOAD_AT_START = 1.5
@@ -56,6 +57,38 @@ class ExperimentConfig:
         """Raise ConfigError for settings the study cannot run, before anything is written."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(ExperimentConfig):
+    """The fields of a study whose runs train with Adam after a linear warm-up; `optim` makes
+    their optimizer. A study gives a field another default by declaring it again."""
+
+    batch_size: int = 32
+    lr: float = 3e-3
+    """Peak learning rate of Adam."""
+    warmup_steps: int = 100
+    """Linear warm-up from 0 to lr over this many steps (at most a fraction of a run: `optim`)."""
+    clip_norm: float | None = 1.0
+    """Clip the gradient to this global norm (None: no clipping)."""
+
+    def optim(
+        self,
+        steps: int,
+        schedule: ScheduleName = "cosine",
+        most_warmup: float = 0.5,
+        **fields: Any,
+    ) -> OptimConfig:
+        """Adam for a run of `steps`: warm-up for warmup_steps, but at most the fraction
+        `most_warmup` of the run, then `schedule` (cosine: decay to 0 at the last step);
+        `fields` set the rest of OptimConfig (lr_scale, ...)."""
+        return OptimConfig(
+            lr=self.lr,
+            schedule=schedule,
+            warmup_steps=min(self.warmup_steps, int(steps * most_warmup)),
+            clip_norm=self.clip_norm,
+            **fields,
+        )
+
+
 SCAFFOLD_KEYS = frozenset(
     ("claim", "config", "versions", "load_average_at_start", "load_average_at_end")
     + ("wall_seconds", "summary")
@@ -78,6 +111,20 @@ def versions() -> dict[str, str | None]:
     the study compared against it (imported it), else None."""
     torch = sys.modules.get("torch")
     return {**bench.versions(), "torch": getattr(torch, "__version__", None)}
+
+
+def measured_on(name: str, busiest: float, torch: tuple[Any, str] | None = None) -> dict[str, Any]:
+    """Where and how a speed study measured, for its results: its command, the device, the
+    highest load average during its measurements, PyTorch's record where it compared
+    (`torch`: the module or None, and why it is missing) and the dtype of every timing."""
+    where = {
+        "command": f"python -m experiments.{name}",
+        "device": bench.device_description(),
+        "max_load_average": busiest,
+    }
+    if torch is not None:
+        where["torch"] = bench.torch_record(*torch)
+    return {**where, "dtype": "float32"}
 
 
 def runtime_text(results: dict[str, Any]) -> str:

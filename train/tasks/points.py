@@ -16,11 +16,14 @@ def shuffled(rng: np.random.Generator, inputs: np.ndarray, targets: np.ndarray) 
     return inputs[order].astype(np.float32), targets[order]
 
 
+@dataclasses.dataclass(frozen=True)
 class PointsTask(BinaryClassificationLoss, ArrayTask):
     """Base: `sample(rng, n)` draws n labelled points; splits use independent streams of `seed`."""
 
-    num_train: int
-    num_eval: int
+    batch_size: int = 32
+    seed: int = 0
+    num_train: int = 512
+    num_eval: int = 256
 
     def sample(self, rng: np.random.Generator, n: int) -> Split:
         raise NotImplementedError
@@ -37,12 +40,9 @@ class PointsTask(BinaryClassificationLoss, ArrayTask):
 class Xor(PointsTask):
     """XOR: label = x1 != x2 for bits encoded as -1/+1; no line separates the classes."""
 
-    batch_size: int = 32
-    seed: int = 0
     noise: float = 0.0
     """Standard deviation of Gaussian noise added to each corner (0: the exact truth table)."""
     num_train: int = 256
-    num_eval: int = 256
 
     def sample(self, rng: np.random.Generator, n: int) -> Split:
         corner = np.arange(n) % 4  # every corner equally often: a line gets at most 3 of 4 right
@@ -56,12 +56,8 @@ class Xor(PointsTask):
 class Blobs(PointsTask):
     """Two Gaussian blobs far apart: linearly separable (a perceptron solves it)."""
 
-    batch_size: int = 32
-    seed: int = 0
     spread: float = 0.5
     """Standard deviation of each blob; the centres are (-2, -2) and (2, 2)."""
-    num_train: int = 512
-    num_eval: int = 256
 
     def sample(self, rng: np.random.Generator, n: int) -> Split:
         targets = (np.arange(n) % 2).astype(np.float32)
@@ -74,12 +70,8 @@ class Blobs(PointsTask):
 class Circles(PointsTask):
     """A disc inside a ring: not linearly separable (the classes share a centre)."""
 
-    batch_size: int = 32
-    seed: int = 0
     noise: float = 0.1
     """Standard deviation of Gaussian noise on the radius; inner radius 0.5, outer 1."""
-    num_train: int = 512
-    num_eval: int = 256
 
     def sample(self, rng: np.random.Generator, n: int) -> Split:
         targets = (np.arange(n) % 2).astype(np.float32)  # 1: inner disc, 0: outer ring
