@@ -66,7 +66,9 @@ def assert_same_updates(config: OptimConfig, reference: optax.GradientTransforma
 
 
 def kernel_only(params):
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """The kernel decays, the bias does not: by name (tests/test_weight_decay.py has every
+    model's parameters), so these tests hold whatever the shapes."""
+    return {"dense": {"kernel": True, "bias": False}}
 
 
 def test_sgd_matches_optax():

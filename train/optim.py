@@ -37,7 +37,10 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
-    """adamw: decoupled decay; sgd / momentum / adam: L2 added to the gradient. Kernels only."""
+    """adamw: decoupled decay; sgd / momentum / adam: L2 added to the gradient. Only the
+    parameters that `decays` names (DECAYED: dense / conv / recurrent kernels, projection
+    matrices, token embedding tables), never biases, norm scales and biases, class tokens,
+    position tables or a recurrence's own parameters (NOT_DECAYED); the same mask for both."""
     clip_norm: float | None = None
     """Clip the gradient to this global norm (None: no clipping)."""
     accumulate: int = 1
@@ -162,9 +165,79 @@ def scale_by_path(rules: tuple[tuple[str, float], ...]) -> optax.GradientTransfo
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+# Weight decay by what a parameter IS, never by its shape (a bias [h, e], a class token
+# [1, d], a position table or Mamba's A_log [e, n] are not kernels). A rule is a path suffix of
+# one or more names ('bias', 'table/embedding'); the longest that ends a parameter's path
+# decides. A parameter no rule names is NOT decayed, and tests/test_weight_decay.py fails for
+# any registered model with such a parameter, so a new one forces a decision here.
+DECAYED: dict[str, str] = {
+    "kernel": "every nn.Dense / nn.Conv / RowDense kernel: dense and convolution layers, heads, "
+    "the attention projections (query / key / value / out), Mamba's in_proj / x_proj / "
+    "dt_proj / out_proj",
+    "embedding": "token embedding tables (nn.Embed): tokens, a source vocabulary, BERT's "
+    "token_type, word2vec's center / context vectors",
+    "input_kernel": "a recurrent cell's input kernel W_x (arch/rnn_cells.py)",
+    "recurrent_kernel": "a recurrent cell's recurrent kernel W_h",
+    "conv": "Mamba's depthwise causal convolution kernel [w, e]",
+    "output_re": "the LRU's read-out projection C [n, d], real part",
+    "output_im": "the LRU's read-out projection C [n, d], imaginary part",
+    "attention_query": "Bahdanau attention's W_s [n, a] (arch/seq2seq.py)",
+    "attention_score": "Bahdanau attention's v [a, 1]",
+}
+NOT_DECAYED: dict[str, str] = {
+    "bias": "every layer's bias (attention query / key / value biases [h, e] included, Mamba's "
+    "dt_proj/bias), LayerNorm / BatchNorm biases",
+    "scale": "LayerNorm / BatchNorm scales",
+    "recurrent_bias": "the GRU's recurrent bias b_hn (reset_after)",
+    "conv_bias": "Mamba's convolution bias",
+    "output_bias": "the masked language model's output bias [v]",
+    "cls": "the class token [1, d] of the Transformer classifier and the ViT",
+    "table/embedding": "the learned position table (arch.layers.PositionalEncoding's nn.Embed "
+    "'table'): positions, not tokens",
+    "a_log": "Mamba's A = -exp(A_log) [e, n]: decay pulls A toward -1 (the reference Mamba "
+    "exempts A_log, D and dt_proj.bias: _no_weight_decay)",
+    "skip": "the skip D [e] / [d] of Mamba and of the LRU",
+    "nu_log": "the LRU's log decay: |lambda| = exp(-exp(nu_log))",
+    "theta_log": "the LRU's log phase",
+    "gamma_log": "the LRU's log normalisation gamma",
+    "input_re": "the LRU's input matrix B [d, n], real part: with lambda and gamma the "
+    "recurrence group that the reference LRU (minimal-LRU) trains without weight decay",
+    "input_im": "the LRU's input matrix B [d, n], imaginary part (as input_re)",
+}
+assert not set(DECAYED) & set(NOT_DECAYED), set(DECAYED) & set(NOT_DECAYED)
+
+
+def decay_rule(path: str) -> tuple[str, bool] | None:
+    """(the rule that decides the parameter at `path`, e.g. 'conv_0/kernel', and whether it
+    is decayed), or None where no rule names it: the longest suffix of its path that DECAYED
+    or NOT_DECAYED holds."""
+    names = path.split("/")
+    for start in range(len(names)):
+        suffix = "/".join(names[start:])
+        if suffix in DECAYED:
+            return suffix, True
+        if suffix in NOT_DECAYED:
+            return suffix, False
+    return None
+
+
+def decays(path: str) -> bool:
+    """Whether weight decay applies to the parameter at `path` (False where no rule names it)."""
+    rule = decay_rule(path)
+    return rule is not None and rule[1]
+
+
+def unclassified(params) -> list[str]:
+    """The paths of the parameters that no rule of DECAYED / NOT_DECAYED names."""
+    paths = [param_path(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return [p for p in paths if decay_rule(p) is None]
+
+
 def decay_mask(params):
-    """Weight decay applies to matrices and kernels, not to biases and norm scales."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """True where weight decay applies (`decays` of each parameter's path), False elsewhere;
+    one mask for AdamW's decoupled decay and for the L2 term of sgd / momentum / adam. It
+    decides by path only, so the optimizer state's structure is the same for any mask."""
+    return jax.tree_util.tree_map_with_path(lambda k, _: decays(param_path(k)), params)
 
 
 def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
