@@ -191,6 +191,10 @@ class MultiHeadAttention(nn.Module):
     rotary: bool = False
     """Rotary position embeddings on queries and keys (needs positions)."""
     use_bias: bool = True
+    init_std: float | None = None
+    """The kernels' normal standard deviation; None: LeCun normal over each one's fan-in."""
+    out_init_std: float | None = None
+    """The out projection's (a residual output: GPT-2 scales it by depth); None: init_std."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -204,6 +208,7 @@ class MultiHeadAttention(nn.Module):
         projection = lambda name: RowDense(
             (self.num_heads, self.width),
             use_bias=self.use_bias,
+            init_std=self.init_std,
             axes=("embed", "heads", "head_dim"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -214,6 +219,7 @@ class MultiHeadAttention(nn.Module):
             self.features,
             in_axes=2,
             use_bias=self.use_bias,
+            init_std=self.init_std if self.out_init_std is None else self.out_init_std,
             axes=("heads", "head_dim", "embed"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,

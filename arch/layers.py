@@ -64,24 +64,43 @@ def logical(init: Callable[..., jax.Array], axes: Axes) -> Callable[..., Any]:
     return initializer
 
 
+def kernel_initializer(std: float | None) -> Callable[..., jax.Array]:
+    """A kernel's initializer: LeCun normal (None, Flax's default) or normal(std) (GPT-2's and
+    BERT's 0.02, for example)."""
+    return nn.initializers.lecun_normal() if std is None else nn.initializers.normal(std)
+
+
 def dense(
-    features: int, axes: Axes, dtype: str, param_dtype: str, name: str | None = None
+    features: int,
+    axes: Axes,
+    dtype: str,
+    param_dtype: str,
+    name: str | None = None,
+    init_std: float | None = None,
 ) -> nn.Dense:
-    """nn.Dense with its own initializers (LeCun normal kernel, zero bias), its kernel named
-    `axes` (in, out) and its bias (out,)."""
+    """nn.Dense with its own initializers (LeCun normal kernel, or normal(init_std); zero bias),
+    its kernel named `axes` (in, out) and its bias (out,)."""
     return nn.Dense(
         features,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=logical(nn.initializers.lecun_normal(), axes),
+        kernel_init=logical(kernel_initializer(init_std), axes),
         bias_init=logical(nn.initializers.zeros_init(), axes[1:]),
         name=name,
     )
 
 
-def layer_norm(dtype: str, param_dtype: str, name: str | None = None) -> nn.LayerNorm:
-    """nn.LayerNorm over d, its scale (ones) and bias (zeros) named ("embed",)."""
+LAYER_NORM_EPS = 1e-6
+"""Flax's LayerNorm epsilon, the default of every Transformer (BERT's is 1e-12, GPT-2's 1e-5)."""
+
+
+def layer_norm(
+    dtype: str, param_dtype: str, name: str | None = None, epsilon: float = LAYER_NORM_EPS
+) -> nn.LayerNorm:
+    """nn.LayerNorm over d (epsilon added to the variance), its scale (ones) and bias (zeros)
+    named ("embed",)."""
     return nn.LayerNorm(
+        epsilon=epsilon,
         dtype=dtype,
         param_dtype=param_dtype,
         scale_init=logical(nn.initializers.ones_init(), ("embed",)),
@@ -90,13 +109,17 @@ def layer_norm(dtype: str, param_dtype: str, name: str | None = None) -> nn.Laye
     )
 
 
-Activation = Literal["sigmoid", "tanh", "relu", "gelu", "identity"]
+Activation = Literal["sigmoid", "tanh", "relu", "gelu", "gelu_exact", "identity"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": nn.sigmoid,
     "tanh": nn.tanh,
     "relu": nn.relu,
+    # GELU's tanh approximation (Flax's nn.gelu; Hugging Face's "gelu_new", GPT-2's and the
+    # original BERT code's)
     "gelu": nn.gelu,
+    # x * Phi(x) with the exact normal CDF (Hugging Face's "gelu", BertConfig's hidden_act)
+    "gelu_exact": lambda x: nn.gelu(x, approximate=False),
     "identity": lambda x: x,
 }
 
@@ -119,6 +142,18 @@ def is_token_ids(model: nn.Module, inputs: jax.Array) -> bool:
             "set --model.vocab-size"
         )
     return True
+
+
+def chrono_bias(key: jax.Array, shape: tuple[int, ...], t_max: int, dtype: Any) -> jax.Array:
+    """Chrono initialisation of a gate's bias (Tallec & Ollivier 2018, "Can recurrent neural
+    networks warp time?"): b = log(u), u ~ U(1, t_max - 1), so that the gate sigma(b) keeps a
+    state for about u steps at the start of training (characteristic times spread up to
+    t_max) instead of the one or two steps a bias of 0 or 1 gives. A gate that writes (the
+    LSTM's input gate) takes -b."""
+    if t_max <= 2:
+        raise ConfigError(f"chrono initialisation needs t_max > 2 (time steps), got {t_max}")
+    u = jax.random.uniform(key, shape, jnp.float32, 1.0, t_max - 1.0)
+    return jnp.log(u).astype(dtype)
 
 
 def flatten_examples(x: jax.Array) -> jax.Array:
@@ -187,6 +222,9 @@ class RowDense(nn.Module):
     features: int | tuple[int, ...]
     in_axes: int = 1
     use_bias: bool = True
+    init_std: float | None = None
+    """None: the kernel is LeCun normal over the fan-in prod(in) (nn.Dense's); a float: normal
+    with this standard deviation (GPT-2's 0.02)."""
     axes: Axes | None = None
     """Logical names of the kernel's axes (*in, *features); the bias takes the features' names.
     None: the parameters declare none (train/sharding.py then never splits them by name)."""
@@ -200,6 +238,8 @@ class RowDense(nn.Module):
         fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
 
         def kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+            if self.init_std is not None:
+                return nn.initializers.normal(self.init_std)(key, shape, dtype)
             flat = nn.initializers.lecun_normal()(key, (fan_in, fan_out), dtype)  # fan-in: prod(in)
             return flat.reshape(shape)
 
@@ -228,15 +268,25 @@ class FeedForward(nn.Module):
     features: int
     activation: Activation = "gelu"
     dropout_rate: float = 0.0
+    init_std: float | None = None
+    """The kernels' normal standard deviation; None: LeCun normal (RowDense)."""
+    output_init_std: float | None = None
+    """The second layer's (the residual output's: GPT-2 scales it by depth); None: init_std."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        dense = lambda size, axes, name: RowDense(
-            size, axes=axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        dense = lambda size, axes, std, name: RowDense(
+            size,
+            init_std=std,
+            axes=axes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
         )
-        hidden = dense(self.hidden_size, ("embed", "mlp"), "hidden")(x)  # [b, t, f]
+        output_std = self.init_std if self.output_init_std is None else self.output_init_std
+        hidden = dense(self.hidden_size, ("embed", "mlp"), self.init_std, "hidden")(x)  # [b, t, f]
         hidden = activation_fn(self.activation)(hidden)
         hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-        return dense(self.features, ("mlp", "embed"), "output")(hidden)  # [b, t, d]
+        return dense(self.features, ("mlp", "embed"), output_std, "output")(hidden)  # [b, t, d]

@@ -1,23 +1,27 @@
 """The token mixers of the linear-recurrent models, each a linear recurrence over its
-input (arch/linear_scan.py): the LRU, minGRU and minLSTM, and Mamba's selective SSM.
+input (arch/linear_scan.py): the LRU, minGRU and minLSTM (Mamba's selective SSM is in
+arch/selective_ssm.py).
 
-Legend: b batch, t time, d model width, n state width, e expanded channels.
+Legend: b batch, t time, d model width, n state width, e expanded channels, h minGRU /
+minLSTM's hidden width.
 """
 
-from typing import Any
+import math
+import typing
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import RowDense
+from arch.errors import ConfigError
+from arch.layers import RowDense, chrono_bias
 from arch.linear_scan import (
     ScanMethod,
     linear_scan,
     linear_step,
     log_linear_scan,
     resolve_method,
-    selective_scan,
 )
 
 
@@ -30,25 +34,117 @@ def dense(features: int, name: str, dtype: str, param_dtype: str, use_bias: bool
     return RowDense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
+def raise_problems(module: nn.Module) -> None:
+    """A mixer's `config_problems` as one ConfigError (the models report them through
+    train/validate.py before this is reached; a mixer used on its own raises here)."""
+    problems = module.config_problems()
+    if problems:
+        raise ConfigError(f"{type(module).__name__}: " + "; ".join(problems))
+
+
+LRUNormalisation = Literal["trained", "tied"]
+
+LRU_RECURRENCE_PARAMS = r"(^|/)(nu_log|theta_log|gamma_log|input_re|input_im)$"
+"""The parameters of the LRU's recurrence, as a regular expression over parameter paths
+('blocks_0/mix/nu_log'): lambda (nu_log, theta_log), gamma (gamma_log) and B (input_re,
+input_im). They are the group the reference implementation (NicolasZucchet/minimal-LRU,
+lru/train_helpers.py: "Smaller lr and no weight decay for lambda, gamma and B") trains at a
+reduced learning rate."""
+LRU_RECURRENCE_LR_FACTOR = 0.5
+"""That reference's factor: its recurrence group trains at `lr_factor` x lr, default 0.5."""
+LRU_RECURRENCE_LR_SCALE = ((LRU_RECURRENCE_PARAMS, LRU_RECURRENCE_LR_FACTOR),)
+"""`OptimConfig(lr_scale=LRU_RECURRENCE_LR_SCALE)`: the LRU's recurrence at 0.5 x lr."""
+
+
+def lru_recurrence_lr_scale(factor: float = LRU_RECURRENCE_LR_FACTOR) -> tuple:
+    """`OptimConfig.lr_scale` that trains the LRU's recurrence (LRU_RECURRENCE_PARAMS) at
+    `factor` x lr and everything else at lr."""
+    return ((LRU_RECURRENCE_PARAMS, factor),)
+
+
+MIN_DECAY = 1e-6
+"""The floor of the LRU's decay exp(nu): a memory of at most ~1e6 steps (below it float32
+rounds |lambda| = exp(-exp(nu)) to 1)."""
+
+
+def lru_decay(nu_log: jax.Array) -> jax.Array:
+    """-log |lambda| = exp(nu), floored at MIN_DECAY, float32."""
+    return jnp.maximum(jnp.exp(nu_log.astype(jnp.float32)), MIN_DECAY)
+
+
+def lru_tied_gamma(nu_log: jax.Array) -> jax.Array:
+    """gamma = sqrt(1 - |lambda|^2) = sqrt(-expm1(-2 exp(nu))) [n] float32 (expm1: exact to
+    float32 rounding however close |lambda| is to 1, where 1 - |lambda|^2 would cancel)."""
+    return jnp.sqrt(-jnp.expm1(-2 * lru_decay(nu_log)))
+
+
+def lru_gamma_log_init(key: jax.Array, nu_log: jax.Array, dtype: Any) -> jax.Array:
+    """The paper's gamma_log <- log(sqrt(1 - |lambda|^2)) of the initial lambda (its Appendix A
+    code, and minimal-LRU's `gamma_log_init`)."""
+    del key
+    return jnp.log(lru_tied_gamma(nu_log)).astype(dtype)
+
+
 class LRU(nn.Module):
-    """Linear Recurrent Unit (Orvieto et al. 2023): a complex diagonal recurrence
-    h_t = lambda * h_{t-1} + gamma * (B x_t), y_t = Re(C h_t) + D * x_t, with
-    lambda = exp(-exp(nu) + i exp(theta)): |lambda| = exp(-exp(nu)) < 1 for ANY nu, theta, so
-    the recurrence is stable by construction; gamma = sqrt(1 - |lambda|^2) keeps the state's
-    scale independent of how close |lambda| is to 1."""
+    """Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks for
+    Long Sequences"): a complex diagonal recurrence
+        h_t = lambda * h_{t-1} + gamma * (B x_t),    y_t = Re(C h_t) + D * x_t,
+    with lambda = exp(-exp(nu) + i exp(theta)): |lambda| = exp(-exp(nu)) < 1 for ANY nu, theta,
+    so the recurrence is stable by construction. gamma [n] keeps the state's scale independent
+    of how close |lambda| is to 1: the paper makes it a parameter of its own, gamma =
+    exp(gamma_log), initialised to log(sqrt(1 - |lambda|^2)) of the initial lambda and then
+    trained freely ("trained", the paper's Appendix A code and minimal-LRU's); "tied"
+    recomputes sqrt(1 - |lambda|^2) from the current lambda at every step instead (no
+    gamma_log parameter).
+
+    Initialisation ("ring"): |lambda|^2 uniform on [r_min^2, r_max^2] and the phase
+    exp(theta) uniform on [0, max_phase]. The paper's code defaults are r_min 0, r_max 1,
+    max_phase 6.28 (minimal-LRU's too); ours are 0.9 / 0.999 / 6.283 (a long memory from the
+    start), kept from before.
+
+    The paper trains the recurrence at a reduced learning rate: pass
+    `OptimConfig(lr_scale=LRU_RECURRENCE_LR_SCALE)` (nu, theta, gamma and B at 0.5 x lr, the
+    reference's factor)."""
 
     features: int
     """d: input and output width."""
     state_size: int = 64
     """n: complex state width."""
+    normalisation: LRUNormalisation = "trained"
+    """"trained": gamma = exp(gamma_log), its own parameter [n] (the paper's); "tied":
+    gamma = sqrt(1 - |lambda|^2) of the current lambda."""
     r_min: float = 0.9
+    """|lambda| starts uniform (in |lambda|^2) on the ring r_min <= |lambda| <= r_max; the
+    paper's code defaults to 0, ours starts with a long memory."""
     r_max: float = 0.999
-    """|lambda| starts uniform on the ring r_min <= |lambda| <= r_max (long memory)."""
+    """The paper's code defaults to 1."""
     max_phase: float = 6.283
+    """The phase arg(lambda) starts uniform on [0, max_phase] (the paper's code: 6.28; the
+    paper narrows it to pi / 10 for its longest tasks)."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
+    @nn.nowrap
+    def config_problems(self) -> list[str]:
+        problems = []
+        if self.normalisation not in typing.get_args(LRUNormalisation):
+            problems.append(
+                f"normalisation must be one of {typing.get_args(LRUNormalisation)}, got "
+                f"{self.normalisation!r} (set --model.normalisation)"
+            )
+        if not 0 <= self.r_min <= self.r_max <= 1:
+            problems.append(
+                f"the LRU's ring needs 0 <= r_min <= r_max <= 1, got r_min {self.r_min}, "
+                f"r_max {self.r_max} (set --model.r-min, --model.r-max)"
+            )
+        if not (self.max_phase > 0 and math.isfinite(self.max_phase)):
+            problems.append(
+                f"max_phase must be > 0 and finite, got {self.max_phase} (set --model.max-phase)"
+            )
+        return problems
+
     def setup(self) -> None:
+        raise_problems(self)
         n, d = self.state_size, self.features
 
         def nu_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
@@ -66,25 +162,33 @@ class LRU(nn.Module):
         self.output_re = self.param("output_re", normal(n**-0.5), (n, d), self.param_dtype)
         self.output_im = self.param("output_im", normal(n**-0.5), (n, d), self.param_dtype)
         self.skip = self.param("skip", normal(1.0), (d,), self.param_dtype)
+        if self.normalisation == "trained":  # last: the other parameters keep their keys
+            self.gamma_log = self.param(
+                "gamma_log", lru_gamma_log_init, self.nu_log, self.param_dtype
+            )
 
     def eigenvalues(self) -> jax.Array:
         """lambda = exp(-exp(nu) + i exp(theta)) [n] complex64, strictly inside the unit circle
-        for any parameters: the decay exp(nu) is floored at 1e-6 (memory of at most ~1e6
-        steps; below it float32 rounds |lambda| to 1) and the phase is kept finite."""
-        nu, theta = self.nu_log.astype(jnp.float32), self.theta_log.astype(jnp.float32)
-        magnitude = jnp.exp(-jnp.maximum(jnp.exp(nu), 1e-6))  # |lambda| = exp(-exp(nu)) < 1
+        for any parameters: the decay exp(nu) is floored at MIN_DECAY and the phase is kept
+        finite."""
+        theta = self.theta_log.astype(jnp.float32)
+        magnitude = jnp.exp(-lru_decay(self.nu_log))  # |lambda| = exp(-exp(nu)) < 1
         phase = jnp.exp(jnp.minimum(theta, 30.0))  # arg lambda = exp(theta)
         return magnitude * (jnp.cos(phase) + 1j * jnp.sin(phase))
 
+    def gamma(self) -> jax.Array:
+        """The input normalisation gamma [n] float32: exp(gamma_log), or sqrt(1 - |lambda|^2)."""
+        if self.normalisation == "trained":
+            return jnp.exp(self.gamma_log.astype(jnp.float32))
+        return lru_tied_gamma(self.nu_log)
+
     def coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(a = lambda [n], b = gamma * B x [..., n]) for x [..., d]."""
-        lam = self.eigenvalues()
-        gamma = jnp.sqrt(1 - jnp.abs(lam) ** 2)  # normalisation
         x = x.astype(jnp.float32)
         projected = x @ self.input_re.astype(jnp.float32) + 1j * (
             x @ self.input_im.astype(jnp.float32)
         )
-        return lam, gamma * projected  # B x_t, [..., n]
+        return self.eigenvalues(), self.gamma() * projected  # gamma * B x_t, [..., n]
 
     def read(self, h: jax.Array, x: jax.Array) -> jax.Array:
         """y = Re(C h) + D * x: h [..., n] complex, x [..., d] -> [..., d]."""
@@ -109,9 +213,49 @@ class LRU(nn.Module):
         return h, self.read(h, x)
 
 
+class GateProjection(nn.Module):
+    """minGRU / minLSTM's one projection of the input, [..., d] -> [..., (g + 1) h]: the
+    pre-activations of g gates, then the candidate, each h wide. Its parameters are RowDense's
+    (kernel [d, (g + 1) h] LeCun normal, bias [(g + 1) h] zeros: the same names, the same
+    values from the same key) unless `chrono` is set: then gate k's bias starts at
+    signs[k] * log u with one u ~ U(1, chrono - 1) per unit shared by the gates
+    (`arch.layers.chrono_bias`), and the candidate's at 0."""
+
+    hidden_size: int
+    signs: tuple[int, ...]
+    """One per gate: +1 for a gate that keeps the state, -1 for one that writes into it."""
+    chrono: int | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.nowrap
+    def bias_init(self, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        if self.chrono is None:
+            return jnp.zeros(shape, dtype)
+        log_u = chrono_bias(key, (self.hidden_size,), self.chrono, jnp.float32)  # log u [h]
+        gates = [sign * log_u for sign in self.signs]
+        return jnp.concatenate([*gates, jnp.zeros_like(log_u)]).astype(dtype)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width, d = (len(self.signs) + 1) * self.hidden_size, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (d, width), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (width,), self.param_dtype)
+        rows = x.reshape(-1, d).astype(self.dtype)  # [N, d]: RowDense's one 2-D product
+        y = jnp.dot(rows, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return y.reshape(*x.shape[:-1], width)
+
+
 class MinGRU(nn.Module):
     """minGRU (Feng et al. 2024): the GRU with gates of the input only, so h is linear in h_{t-1}:
-    z_t = sigma(W_z x_t), h~_t = W_h x_t, h_t = (1 - z_t) * h_{t-1} + z_t * h~_t."""
+    z_t = sigma(W_z x_t + b_z), h~_t = W_h x_t + b_h, h_t = (1 - z_t) * h_{t-1} + z_t * h~_t.
+
+    Chrono initialisation (Tallec & Ollivier 2018), `chrono` = T_max: the state is kept by
+    a_t = 1 - z_t = sigma(-(W_z x_t + b_z)). Chrono asks that the keeping factor start at
+    sigma(log u) = u / (1 + u), u ~ U(1, T_max - 1), a memory of 1 / (1 - a) = 1 + u steps;
+    with a zero input that is -b_z = log u, so b_z = -log u: z_t = 1 / (1 + u) writes a
+    fraction 1 / (1 + u) of h~ each step (the same in the log-space form, whose
+    log a_t = -softplus(W_z x_t + b_z)). The candidate's bias stays 0."""
 
     features: int
     hidden_size: int = 128
@@ -119,14 +263,33 @@ class MinGRU(nn.Module):
     """The paper's log-space form: h~_t = g(W_h x_t) > 0, so every state is positive and the
     parallel scan runs on logarithms (`log_linear_scan`); the sequential scan and decoding run
     the same recurrence on the values."""
+    chrono: int | None = None
+    """T_max (time steps) of the Chrono initialisation of the gates' biases (see above); None:
+    zero biases, as before (references differ on this, so it is not the default)."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
-    num_gates = 1
+    chrono_signs = (-1,)
+    """b_z = -log u: z_t writes (see above)."""
+
+    @nn.nowrap
+    def config_problems(self) -> list[str]:
+        if self.chrono is not None and not self.chrono > 2:
+            return [
+                f"chrono (T_max, time steps) must be > 2 or None, got {self.chrono} "
+                "(set --model.chrono)"
+            ]
+        return []
 
     def setup(self) -> None:
-        gates = (self.num_gates + 1) * self.hidden_size
-        self.gates = dense(gates, "gates", self.dtype, self.param_dtype)
+        raise_problems(self)
+        self.gates = GateProjection(
+            self.hidden_size,
+            self.chrono_signs,
+            self.chrono,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         self.output = dense(self.features, "output", self.dtype, self.param_dtype)
 
     def log_coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -157,10 +320,17 @@ class MinGRU(nn.Module):
 
 
 class MinLSTM(MinGRU):
-    """minLSTM (Feng et al. 2024): f_t = sigma(W_f x_t), i_t = sigma(W_i x_t), normalised to sum to
-    1, h_t = f'_t * h_{t-1} + i'_t * h~_t with f' = f / (f + i), i' = i / (f + i)."""
+    """minLSTM (Feng et al. 2024): f_t = sigma(W_f x_t + b_f), i_t = sigma(W_i x_t + b_i),
+    normalised to sum to 1, h_t = f'_t * h_{t-1} + i'_t * h~_t with f' = f / (f + i),
+    i' = i / (f + i).
 
-    num_gates = 2
+    Chrono initialisation (`chrono` = T_max), Tallec & Ollivier's LSTM rule b_f = log u,
+    b_i = -b_f with u ~ U(1, T_max - 1): with a zero input f = u / (1 + u) and
+    i = 1 / (1 + u) already sum to 1, so f' = u / (1 + u) keeps the state for 1 + u steps,
+    exactly as the LSTM's forget gate would."""
+
+    chrono_signs = (1, -1)
+    """b_f = log u (keeps), b_i = -log u (writes)."""
 
     def log_coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         f, i, candidate = jnp.split(self.gates(x).astype(jnp.float32), 3, axis=-1)
@@ -176,105 +346,3 @@ class MinLSTM(MinGRU):
         f, i = nn.sigmoid(f), nn.sigmoid(i)
         total = f + i
         return f / total, i / total * candidate  # a_t = f'_t, b_t = i'_t * h~_t
-
-
-def delta_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    """The bias whose softplus is log-uniform in [1e-3, 0.1]: inverse softplus of the steps."""
-    delta = jnp.exp(jax.random.uniform(key, shape, minval=jnp.log(1e-3), maxval=jnp.log(1e-1)))
-    return jnp.log(jnp.expm1(delta)).astype(dtype)  # softplus^-1(delta)
-
-
-class SelectiveSSM(nn.Module):
-    """A selective state-space layer in the style of Mamba (Gu & Dao 2023). The input is
-    expanded to e = expand * d channels; a short causal depthwise convolution mixes neighbours;
-    then each channel c runs n diagonal states with an input-dependent step size and
-    projections:
-        delta_t = softplus(W_delta x_t + b)           [e]    (how far to move per token)
-        A = -exp(A_log)                               [e, n] (a fixed, stable diagonal)
-        h_t = exp(delta_t A) * h_{t-1} + delta_t B_t x_t     (B_t = W_B x_t [n], zero-order hold
-                                                              for A, Euler for B)
-        y_t = h_t C_t + D * x_t                       (C_t = W_C x_t [n])
-    and the output is gated by SiLU(z_t), a second projection of the input."""
-
-    features: int
-    state_size: int = 16
-    expand: int = 2
-    conv_width: int = 4
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    @property
-    def channels(self) -> int:
-        return self.expand * self.features
-
-    def setup(self) -> None:
-        e, n = self.channels, self.state_size
-        options = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        self.in_proj = dense(2 * e, "in_proj", use_bias=False, **options)  # x branch, gate z
-        dtype = self.param_dtype
-        self.conv = self.param(
-            "conv", nn.initializers.normal(self.conv_width**-0.5), (self.conv_width, e), dtype
-        )
-        self.conv_bias = self.param("conv_bias", nn.initializers.zeros_init(), (e,), dtype)
-        self.x_proj = dense(e + 2 * n, "x_proj", use_bias=False, **options)  # delta, B, C
-        self.a_log = self.param(
-            "a_log",
-            lambda key, shape, dtype: jnp.log(
-                jnp.broadcast_to(jnp.arange(1.0, n + 1), shape)
-            ).astype(dtype),
-            (e, n),
-            dtype,
-        )  # A = -(1, 2, ..., n) per channel, as S4D-real
-        self.delta_bias = self.param("delta_bias", delta_bias_init, (e,), dtype)
-        self.skip = self.param("skip", nn.initializers.ones_init(), (e,), dtype)
-        self.out_proj = dense(self.features, "out_proj", use_bias=False, **options)
-
-    def projections(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """x [..., e] (after the convolution) -> (delta [..., e], B [..., n], C [..., n]),
-        float32."""
-        e, n = self.channels, self.state_size
-        delta, b, c = jnp.split(self.x_proj(x).astype(jnp.float32), [e, e + n], axis=-1)
-        return nn.softplus(delta + self.delta_bias), b, c
-
-    def state_matrix(self) -> jax.Array:
-        return -jnp.exp(self.a_log.astype(jnp.float32))  # A [e, n], negative: stable
-
-    def gate(self, y: jax.Array, x: jax.Array, z: jax.Array) -> jax.Array:
-        """(y + D x) * SiLU(z), projected back to d: y, x, z [..., e] -> [..., d]."""
-        y = y + self.skip * x.astype(jnp.float32)
-        return self.out_proj((y * nn.silu(z.astype(jnp.float32))).astype(self.dtype))
-
-    def __call__(self, x: jax.Array, method: ScanMethod = "auto") -> jax.Array:
-        """x [b, t, d] -> [b, t, d]."""
-        time = x.shape[1]
-        branch, z = jnp.split(self.in_proj(x), 2, axis=-1)  # [b, t, e] each
-        padded = jnp.pad(branch, ((0, 0), (self.conv_width - 1, 0), (0, 0)))  # causal: left
-        mixed = sum(
-            padded[:, k : k + time] * self.conv[k] for k in range(self.conv_width)
-        )  # depthwise causal convolution
-        branch = nn.silu(mixed + self.conv_bias)
-        delta, b, c = self.projections(branch)
-        y = selective_scan(delta, self.state_matrix(), branch, b, c, method=method)
-        return self.gate(y, branch, z)
-
-    @nn.nowrap
-    def initial_state(self, batch: int) -> tuple[jax.Array, jax.Array]:
-        """(the last conv_width - 1 inputs of the convolution [b, w - 1, e], h [b, e, n])."""
-        e, n = self.channels, self.state_size
-        return (
-            jnp.zeros((batch, self.conv_width - 1, e), jnp.float32),
-            jnp.zeros((batch, e, n), jnp.float32),
-        )
-
-    def step(self, state: tuple, x: jax.Array) -> tuple[tuple, jax.Array]:
-        """x [b, d] -> (state, [b, d])."""
-        window, h = state
-        branch, z = jnp.split(self.in_proj(x), 2, axis=-1)  # [b, e]
-        window = jnp.concatenate([window, branch[:, None].astype(jnp.float32)], axis=1)
-        mixed = jnp.einsum("bwe,we->be", window, self.conv)  # the same causal convolution
-        branch = nn.silu(mixed + self.conv_bias)
-        delta, b, c = self.projections(branch)  # [b, e], [b, n], [b, n]
-        a = jnp.exp(delta[..., None] * self.state_matrix())  # exp(delta_t A) [b, e, n]
-        h = linear_step(a, (delta * branch)[..., None] * b[:, None, :], h)
-        y = jnp.einsum("ben,bn->be", h, c)  # C_t h_t
-        return (window[:, 1:], h), self.gate(y, branch, z)

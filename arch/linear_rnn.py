@@ -12,8 +12,9 @@ import jax
 
 from arch.errors import ConfigError
 from arch.layers import is_token_ids
-from arch.linear_mixers import LRU, MinGRU, MinLSTM, SelectiveSSM, dense
+from arch.linear_mixers import LRU, LRUNormalisation, MinGRU, MinLSTM, dense
 from arch.linear_scan import ScanMethod
+from arch.selective_ssm import SelectiveSSM
 
 Mixer = Literal["lru", "mingru", "minlstm", "mamba"]
 MIXERS: dict[str, type[nn.Module]] = {
@@ -22,6 +23,12 @@ MIXERS: dict[str, type[nn.Module]] = {
     "minlstm": MinLSTM,
     "mamba": SelectiveSSM,
 }
+
+
+def mixer_class(mixer: str) -> type[nn.Module]:
+    if mixer not in MIXERS:
+        raise ConfigError(f"unknown mixer {mixer!r}; choose one of {sorted(MIXERS)}")
+    return MIXERS[mixer]
 
 
 class GatedMLP(nn.Module):
@@ -44,19 +51,16 @@ class LinearRecurrentBlock(nn.Module):
 
     mixer: Mixer
     features: int
-    state_size: int
     ffn_hidden: int
+    options: tuple[tuple[str, Any], ...] = ()
+    """The mixer's own fields as (name, value) pairs (LinearRecurrentModel.mixer_options)."""
     scan: ScanMethod = "auto"
-    log_space: bool = False
-    expand: int = 2
     dtype: str = "float32"
     param_dtype: str = "float32"
 
     def setup(self) -> None:
-        if self.mixer not in MIXERS:
-            raise ConfigError(f"unknown mixer {self.mixer!r}; choose one of {sorted(MIXERS)}")
         options = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        self.mix = MIXERS[self.mixer](self.features, **self.sizes(), **options)
+        self.mix = mixer_class(self.mixer)(self.features, **dict(self.options), **options)
         self.norms = [nn.LayerNorm(**options) for _ in range(2)]
         self.mlp = GatedMLP(self.features, self.ffn_hidden, **options)
 
@@ -65,17 +69,9 @@ class LinearRecurrentBlock(nn.Module):
         return x + self.mlp(self.norms[1](x))
 
     @nn.nowrap
-    def sizes(self) -> dict[str, Any]:
-        """The mixer's state width under its own name (and minGRU / minLSTM's log_space)."""
-        if self.mixer in ("mingru", "minlstm"):
-            return {"hidden_size": self.state_size, "log_space": self.log_space}
-        if self.mixer == "mamba":
-            return {"state_size": self.state_size, "expand": self.expand}
-        return {"state_size": self.state_size}
-
-    @nn.nowrap
     def initial_state(self, batch: int) -> Any:
-        return MIXERS[self.mixer](self.features, **self.sizes(), parent=None).initial_state(batch)
+        mixer = mixer_class(self.mixer)(self.features, **dict(self.options), parent=None)
+        return mixer.initial_state(batch)
 
     def step(self, state: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x [b, d] -> (state, [b, d]): one position, a constant-size state."""
@@ -101,31 +97,79 @@ class LinearRecurrentModel(nn.Module):
     log_space: bool = False
     """minGRU / minLSTM: the paper's log-space form (positive candidates; the parallel scan on
     logarithms)."""
+    chrono: int | None = None
+    """minGRU / minLSTM: Chrono initialisation of the gates' biases with T_max = chrono time
+    steps (Tallec & Ollivier 2018; arch/linear_mixers.py derives the signs); None: zero
+    biases."""
+    normalisation: LRUNormalisation = "trained"
+    """LRU: "trained", gamma its own parameter gamma_log initialised to sqrt(1 - |lambda|^2)
+    (the paper's); "tied", recomputed from lambda at every step."""
+    r_min: float = 0.9
+    """LRU: |lambda| starts on the ring [r_min, r_max] (the paper's code defaults: 0 and 1)."""
+    r_max: float = 0.999
+    max_phase: float = 6.283
+    """LRU: the phase of lambda starts uniform on [0, max_phase]."""
     expand: int = 2
     """Mamba: channels per model unit (e = expand * d)."""
+    dt_rank: int | Literal["auto"] = "auto"
+    """Mamba: rank r of the step-size projection; "auto" = ceil(features / 16) (the
+    reference's)."""
+    dt_min: float = 1e-3
+    """Mamba: the initial steps are log-uniform in [dt_min, dt_max], at least dt_init_floor."""
+    dt_max: float = 1e-1
+    dt_init_floor: float = 1e-4
+    dt_scale: float = 1.0
+    """Mamba: dt_proj's kernel starts uniform on +-dt_scale / sqrt(r)."""
     scan: ScanMethod = "auto"
     """"auto": sequential on CPU, where it measured faster than the associative scan
     (experiments/linear_scan_speed.py), parallel on accelerators; both give the same numbers."""
     dtype: str = "float32"
     param_dtype: str = "float32"
 
+    @nn.nowrap
+    def mixer_options(self) -> tuple[tuple[str, Any], ...]:
+        """The fields of this model that its mixer takes, under the mixer's names (the state
+        width is minGRU / minLSTM's hidden_size)."""
+        if self.mixer == "lru":
+            names = ("state_size", "normalisation", "r_min", "r_max", "max_phase")
+        elif self.mixer in ("mingru", "minlstm"):
+            names = ("log_space", "chrono")
+        elif self.mixer == "mamba":
+            names = ("state_size", "expand", "dt_rank", "dt_min", "dt_max", "dt_init_floor")
+            names += ("dt_scale",)
+        else:
+            return ()  # the block names the unknown mixer
+        options = {name: getattr(self, name) for name in names}
+        if self.mixer in ("mingru", "minlstm"):
+            options["hidden_size"] = self.state_size
+        return tuple(sorted(options.items()))
+
+    @nn.nowrap
+    def config_problems(self) -> list[str]:
+        """The mixer's own checks (the LRU's ring, Chrono's T_max, Mamba's steps)."""
+        if self.mixer not in MIXERS:
+            return [f"unknown mixer {self.mixer!r}; choose one of {sorted(MIXERS)}"]
+        mixer = MIXERS[self.mixer](self.features, **dict(self.mixer_options()), parent=None)
+        return mixer.config_problems()
+
+    @nn.nowrap
+    def block(self, ffn_hidden: int, **options: Any) -> LinearRecurrentBlock:
+        return LinearRecurrentBlock(
+            mixer=self.mixer,
+            features=self.features,
+            ffn_hidden=ffn_hidden,
+            options=self.mixer_options(),
+            **options,
+        )
+
     def setup(self) -> None:
         options = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         if self.vocab_size is not None:
             self.embedding = nn.Embed(self.vocab_size, self.features, param_dtype=self.param_dtype)
         self.projection = dense(self.features, "projection", **options)
+        ffn_hidden = self.ffn_hidden or 2 * self.features
         self.blocks = [
-            LinearRecurrentBlock(
-                mixer=self.mixer,
-                features=self.features,
-                state_size=self.state_size,
-                ffn_hidden=self.ffn_hidden or 2 * self.features,
-                scan=self.scan,
-                log_space=self.log_space,
-                expand=self.expand,
-                **options,
-            )
-            for _ in range(self.num_layers)
+            self.block(ffn_hidden, scan=self.scan, **options) for _ in range(self.num_layers)
         ]
         self.final_norm = nn.LayerNorm(**options)
         self.head = dense(self.num_outputs, "head", **options)
@@ -176,15 +220,7 @@ class LinearRecurrentLM(LinearRecurrentModel):
 
     @nn.nowrap
     def init_cache(self, batch_size: int, max_len: int | None = None) -> list[jax.Array]:
-        block = LinearRecurrentBlock(
-            mixer=self.mixer,
-            features=self.features,
-            state_size=self.state_size,
-            ffn_hidden=1,
-            log_space=self.log_space,
-            expand=self.expand,
-            parent=None,
-        )
+        block = self.block(ffn_hidden=1, parent=None)
         return [block.initial_state(batch_size) for _ in range(self.num_layers)]
 
     def decode_step(self, cache: list[jax.Array], tokens: jax.Array) -> tuple[jax.Array, list]:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from arch.cudnn_lstm import FastPath
 from arch.errors import ConfigError
 from arch.layers import Activation, is_token_ids
-from arch.rnn_cells import CELLS, Cell, CellName, State
+from arch.rnn_cells import CELLS, GATED_CELLS, Cell, CellName, State, check_chrono
 from arch.rnn_layer import RNN, Backward
 
 
@@ -33,9 +33,13 @@ class RecurrentModel(nn.Module):
     activation: Activation = "tanh"
     """Elman cells only."""
     forget_bias: float = 1.0
-    """LSTM cells only."""
+    """LSTM cells only (not used with chrono)."""
     reset_after: bool = False
     """GRU cells only: apply the reset after the recurrent product (cuDNN / PyTorch form)."""
+    chrono: int | None = None
+    """LSTM and GRU cells only: chrono initialisation of the gates that keep the state
+    (Tallec & Ollivier 2018) with T_max = chrono time steps, about the longest dependency the
+    task needs (arch/rnn_cells.py); None: the default biases (LSTM forget bias forget_bias)."""
     hoist_inputs: bool = False
     """Compute the input products of all steps before the scan (False: inside each step).
     Measured slower on a CPU (experiments/recurrent_speed.py)."""
@@ -49,10 +53,16 @@ class RecurrentModel(nn.Module):
 
     @nn.nowrap
     def make_cell(self) -> Cell:
+        check_chrono(self.chrono)
+        if self.chrono is not None and self.cell not in GATED_CELLS:
+            raise ConfigError(
+                f"chrono initialises the gates of {' and '.join(GATED_CELLS)} cells; the "
+                f"{self.cell} cell has none (set cell or leave chrono None)"
+            )
         options = {
             "elman": {"activation": self.activation},
-            "lstm": {"forget_bias": self.forget_bias},
-            "gru": {"reset_after": self.reset_after},
+            "lstm": {"forget_bias": self.forget_bias, "chrono": self.chrono},
+            "gru": {"reset_after": self.reset_after, "chrono": self.chrono},
         }[self.cell]
         # parent=None: the RNN layer that receives the cell adopts it (its params nest there)
         return CELLS[self.cell](

@@ -9,17 +9,29 @@ computed either inside the scanned body, one step at a time ("fused"), or for ev
 once before the scan ("hoisted", one large matrix product); the two give the same numbers.
 Gates are laid out in PyTorch's order (LSTM i, f, g, o; GRU r, z, n). The state is kept in
 float32 whatever the compute dtype.
+
+Chrono initialisation (Tallec & Ollivier 2018, "Can recurrent neural networks warp time?"): a
+gated cell's `chrono = T_max` draws the biases of the gates that decide how much of the state is
+kept so that each unit starts with a characteristic time u ~ U(1, T_max - 1) (`chrono_bias`,
+arch/layers.py) instead of the 2 to 4 steps that a bias of 0 or 1 gives (sigma(0) = 0.5,
+sigma(1) = 0.73 kept per step). None (the default) keeps the biases below. The draw uses its
+own key, folded from the bias's, so every other initial value is the same with or without it.
 """
 
+import numbers
 from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import Activation, activation_fn
+from arch.errors import ConfigError
+from arch.layers import Activation, activation_fn, chrono_bias
 
 CellName = Literal["elman", "lstm", "gru"]
+GATED_CELLS = ("lstm", "gru")
+"""The cells with a `chrono` field (gates that decide how much of the state is kept)."""
+CHRONO_STREAM = 0x636872  # "chr": fold_in(bias key, this) draws the chrono biases
 State = Any  # a cell's state: h [b, n] (Elman, GRU) or (c, h) (LSTM)
 Weights = dict[str, jax.Array]
 
@@ -67,6 +79,14 @@ class Cell(nn.Module):
     @nn.nowrap
     def bias_init(self, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
         return jnp.zeros(shape, dtype)
+
+    @nn.nowrap
+    def chrono_draw(self, key: jax.Array, dtype: Any) -> jax.Array:
+        """log u [n], u ~ U(1, chrono - 1): the chrono draw, from its own key folded from the
+        bias's key (so the other parameters' initial values do not depend on `chrono`)."""
+        check_chrono(self.chrono)
+        key = jax.random.fold_in(key, CHRONO_STREAM)
+        return chrono_bias(key, (self.hidden_size,), self.chrono, dtype)
 
     @nn.nowrap
     def project_inputs(self, weights: Weights, x: jax.Array) -> jax.Array:
@@ -122,12 +142,31 @@ class ElmanCell(Cell):
         return activation_fn(self.activation)(x_proj + h_proj)  # h_t = act(W_x x + W_h h + b)
 
 
+def check_chrono(chrono: Any) -> None:
+    """A ConfigError unless chrono is None or a whole number of time steps T_max > 2 (U(1,
+    T_max - 1) needs T_max - 1 > 1)."""
+    if chrono is None:
+        return
+    if isinstance(chrono, bool) or not isinstance(chrono, numbers.Integral) or chrono <= 2:
+        raise ConfigError(
+            f"chrono is T_max, the longest dependency in time steps: an integer > 2 (or None "
+            f"for the default biases), got {chrono!r}"
+        )
+
+
 class LSTMCell(Cell):
     """LSTM cell (Hochreiter & Schmidhuber 1997, with a forget gate); state (C, h)."""
 
     hidden_size: int
     forget_bias: float = 1.0
-    """Initial bias of the forget gate: 1 keeps memory by default (Jozefowicz et al. 2015)."""
+    """Initial bias of the forget gate: 1 keeps memory by default (Jozefowicz et al. 2015).
+    Not used when `chrono` is set."""
+    chrono: int | None = None
+    """Chrono initialisation with T_max = chrono time steps: b_f = log u, u ~ U(1, T_max - 1)
+    per unit, and b_i = -b_f (Tallec & Ollivier 2018); b_g, b_o stay 0. In C_t = f_t C_{t-1} +
+    i_t C~_t, f = sigma(log u) = u / (1 + u) keeps C for about 1 / (1 - f) = 1 + u steps, and
+    i = sigma(-log u) = 1 - f, so C starts as a running average over that many steps. None:
+    b_f = forget_bias, the other biases 0."""
     dtype: str = "float32"
     param_dtype: str = "float32"
     num_gates: ClassVar[int] = 4
@@ -135,7 +174,15 @@ class LSTMCell(Cell):
     @nn.nowrap
     def bias_init(self, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
         n = self.hidden_size
-        return jnp.zeros(shape, dtype).at[n : 2 * n].set(self.forget_bias)  # b_f
+        if self.chrono is None:
+            return jnp.zeros(shape, dtype).at[n : 2 * n].set(self.forget_bias)  # b_f
+        if self.forget_bias != 1.0:
+            raise ConfigError(
+                f"chrono draws the forget bias, so forget_bias={self.forget_bias} would be "
+                "ignored: set one of them"
+            )
+        b_f = self.chrono_draw(key, dtype)  # log u in [0, log(T_max - 1)]
+        return jnp.zeros(shape, dtype).at[:n].set(-b_f).at[n : 2 * n].set(b_f)  # b_i = -b_f
 
     @nn.nowrap
     def initial_state(self, batch_size: int) -> State:
@@ -167,10 +214,27 @@ class GRUCell(Cell):
     reset_after: bool = False
     """False: h~_t = tanh(W_x x_t + W_h (r_t * h_{t-1}) + b), as in the paper; True:
     h~_t = tanh(W_x x_t + b + r_t * (W_h h_{t-1} + b_h)), with a recurrent bias b_h."""
+    chrono: int | None = None
+    """Chrono initialisation with T_max = chrono time steps: b_z = -log u, u ~ U(1, T_max - 1)
+    per unit (both forms); b_r, b_n (and b_h) stay 0. Derivation: here h_t = (1 - z_t) h_{t-1}
+    + z_t h~_t, so z writes and the kept fraction 1 - z = sigma(-b_z) plays the LSTM's forget
+    gate. Chrono makes that gate's bias log u: -b_z = log u gives 1 - z = u / (1 + u), and h
+    decays as (u / (1 + u))^k ~ exp(-k / (1 + u)), a characteristic time of about 1 + u steps.
+    Hence b_z = -log u, in [-log(T_max - 1), 0]. (PyTorch's and Flax's GRU write h_t = (1 - z)
+    h~_t + z h_{t-1}, where z keeps: there the same rule gives b_z = +log u.) None: all biases
+    0."""
     dtype: str = "float32"
     param_dtype: str = "float32"
     num_gates: ClassVar[int] = 3
     custom_backward_is_faster: ClassVar[bool] = False  # autodiff measured faster for the GRU
+
+    @nn.nowrap
+    def bias_init(self, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        if self.chrono is None:
+            return jnp.zeros(shape, dtype)
+        n = self.hidden_size
+        keep = self.chrono_draw(key, dtype)  # log u: the bias of the kept fraction 1 - z
+        return jnp.zeros(shape, dtype).at[n : 2 * n].set(-keep)  # b_z = -log u
 
     @nn.nowrap
     def extra_weights(self) -> Weights:

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from arch.attention import attend
 from arch.errors import ConfigError
-from arch.rnn_cells import CELLS, Cell, State, matmul
+from arch.rnn_cells import CELLS, Cell, State, check_chrono, matmul
 from arch.rnn_layer import RNN
 
 AttentionKind = Literal["none", "bahdanau", "luong_dot", "luong_general"]
@@ -64,6 +64,9 @@ class RNNSeq2Seq(nn.Module):
     attention: AttentionKind = "none"
     attention_size: int | None = None
     """a, Bahdanau's tanh layer; None: hidden_size."""
+    chrono: int | None = None
+    """Chrono initialisation (Tallec & Ollivier 2018) of every encoder and decoder cell's gates
+    with T_max = chrono time steps (arch/rnn_cells.py); None: the default biases."""
     unroll: int = 2
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -71,9 +74,14 @@ class RNNSeq2Seq(nn.Module):
     @nn.nowrap
     def make_cell(self, detached: bool = True) -> Cell:
         """A cell; detached (parent=None): the RNN layer that receives it adopts it."""
+        check_chrono(self.chrono)
         options = {"parent": None} if detached else {}
         return CELLS[self.cell](
-            self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, **options
+            self.hidden_size,
+            chrono=self.chrono,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            **options,
         )
 
     @nn.nowrap

@@ -14,7 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
-from arch.layers import PositionalEncoding, RowDense, dense, is_token_ids, layer_norm, logical
+from arch.layers import (
+    PositionalEncoding,
+    RowDense,
+    activation_fn,
+    dense,
+    is_token_ids,
+    layer_norm,
+    logical,
+)
 from arch.transformer_layers import Cache, TransformerModel, positions_of, tied_logits
 
 
@@ -25,7 +33,7 @@ class TransformerEncoderModel(TransformerModel):
     def embed(self, inputs: jax.Array, name: str = "embedding") -> jax.Array:
         """Token ids [b, t] -> [b, t, d]; features [b, t, f] -> Dense -> [b, t, d]."""
         if is_token_ids(self, inputs):
-            return self.make_embedding(self.vocab_size, name=name)(inputs)
+            return self.scale_embedding(self.make_embedding(self.vocab_size, name=name)(inputs))
         if inputs.ndim != 3:
             raise ConfigError(
                 f"{type(self).__name__} expects token ids [batch, time] or features "
@@ -33,6 +41,7 @@ class TransformerEncoderModel(TransformerModel):
             )
         project = RowDense(
             self.features,
+            init_std=self.kernel_std,
             axes=("input", "embed"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -41,10 +50,16 @@ class TransformerEncoderModel(TransformerModel):
         return project(inputs)
 
     def encode(
-        self, x: jax.Array, mask: jax.Array | None, train: bool, prefix: jax.Array | None = None
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        train: bool,
+        prefix: jax.Array | None = None,
+        embedding_norm: bool = False,
     ) -> jax.Array:
         """Embeddings x [b, t, d] (and learned `prefix` vectors [p, d] put in front, e.g. a
-        class token) -> encoded [b, p + t, d]."""
+        class token) -> encoded [b, p + t, d]. embedding_norm: a LayerNorm over the embeddings
+        with their positions (BERT's, `embedding_norm`) before the dropout."""
         if prefix is not None:
             batch = x.shape[0]
             x = jnp.concatenate([jnp.broadcast_to(prefix, (batch, *prefix.shape)), x], axis=1)
@@ -54,6 +69,11 @@ class TransformerEncoderModel(TransformerModel):
         x = PositionalEncoding(self.positional, self.max_len, self.param_dtype, name="positions")(
             x, positions
         )
+        if embedding_norm:
+            norm = layer_norm(
+                self.dtype, self.param_dtype, name="embedding_norm", epsilon=self.layer_norm_eps
+            )
+            x = norm(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return self.make_stack(name="encoder")(x, mask=mask, positions=positions, train=train)
 
@@ -83,38 +103,86 @@ class TransformerClassifier(TransformerEncoderModel):
             pooled = jnp.einsum("btd,bt->bd", encoded, weights) / weights.sum(1, keepdims=True)
         else:
             raise ConfigError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
-        head = dense(self.num_outputs, ("embed", "classes"), self.dtype, self.param_dtype)
+        head = dense(
+            self.num_outputs,
+            ("embed", "classes"),
+            self.dtype,
+            self.param_dtype,
+            init_std=self.kernel_std,
+        )
         return head(pooled)
 
 
 class MaskedLanguageModel(TransformerEncoderModel):
-    """Encoder-only Transformer with BERT's masked-language-model head (Dense - GELU -
+    """Encoder-only Transformer with BERT's masked-language-model head (Dense - activation -
     LayerNorm - the tied token embedding): logits over the vocabulary at every position; with
-    token targets it is also a per-position tagger."""
+    token targets it is also a per-position tagger.
+
+    With norm="post" it is BERT's shape (Devlin et al. 2019; Hugging Face's BertForMaskedLM):
+    the embeddings are LayerNorm(tokens + token types + positions); BERT's own numbers also
+    take activation="gelu_exact" (BertConfig's hidden_act "gelu") and layer_norm_eps=1e-12
+    (tests/test_hf_reference.py: equal to BertForMaskedLM on the same weights)."""
 
     num_outputs: int = 257
     vocab_size: int | None = 257
     """256 bytes and a [MASK] token."""
+    token_types: int | None = None
+    """Rows of BERT's token-type (segment) table `token_type`, added to the token embeddings;
+    None: 1 with norm="post" (BERT's embeddings: every token of type 0 unless __call__ gets
+    token_type_ids), else 0 (no table)."""
+    embedding_norm: bool | None = None
+    """A LayerNorm over the summed embeddings (BERT's); None: with norm="post"."""
 
     @nn.compact
     def __call__(
-        self, inputs: jax.Array, *, mask: jax.Array | None = None, train: bool = False
+        self,
+        inputs: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        train: bool = False,
     ) -> jax.Array:
-        """Token ids [b, t] -> logits [b, t, num_outputs]."""
+        """Token ids [b, t] (and their token types [b, t]: type 0 when None) -> logits
+        [b, t, num_outputs]."""
         if self.vocab_size is None or not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ConfigError("MaskedLanguageModel reads token ids and needs vocab_size")
         if self.num_outputs > self.vocab_size:
             raise ConfigError(f"num_outputs {self.num_outputs} > vocab_size {self.vocab_size}")
+        bert = self.norm == "post"
+        types = (1 if bert else 0) if self.token_types is None else self.token_types
+        if types < 0:
+            raise ConfigError(f"token_types must be >= 0, got {types}")
         embedding = self.make_embedding(self.vocab_size, name="embedding")
-        x = self.encode(embedding(inputs), mask, train)
+        x = self.scale_embedding(embedding(inputs))  # [b, t, d]
+        if types:
+            table = nn.Embed(
+                types,
+                self.features,
+                embedding_init=logical(nn.initializers.normal(0.02), (None, "embed")),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="token_type",
+            )
+            if token_type_ids is None:
+                x = x + table.embedding[0].astype(x.dtype)  # every token of type 0
+            else:
+                x = x + table(token_type_ids)
+        elif token_type_ids is not None:
+            raise ConfigError("token_type_ids need a token-type table: set token_types >= 1")
+        norm = bert if self.embedding_norm is None else self.embedding_norm
+        x = self.encode(x, mask, train, embedding_norm=norm)
         x = RowDense(
             self.features,
+            init_std=self.kernel_std,
             axes=("embed", None),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="transform",
         )(x)
-        x = layer_norm(self.dtype, self.param_dtype, name="transform_norm")(nn.gelu(x))
+        transform_norm = layer_norm(
+            self.dtype, self.param_dtype, name="transform_norm", epsilon=self.layer_norm_eps
+        )
+        x = transform_norm(activation_fn(self.activation)(x))
         bias_init = logical(nn.initializers.zeros_init(), ("vocab",))
         bias = self.param("output_bias", bias_init, (self.vocab_size,), self.param_dtype)
         logits = tied_logits(embedding, x) + bias  # tied to the input embedding: [b, t, v]
@@ -147,7 +215,7 @@ class TransformerLM(TransformerModel):
     def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
         """Token ids [b, t] -> next-token logits [b, t, v]."""
         positions = positions_of(inputs.shape[1])
-        x = self.positions(self.embedding(inputs), positions)  # [b, t, d]
+        x = self.positions(self.scale_embedding(self.embedding(inputs)), positions)  # [b, t, d]
         x = self.dropout(x, deterministic=not train)
         x = self.decoder(x, causal=True, positions=positions, train=train)
         return self.logits(x)
@@ -161,7 +229,7 @@ class TransformerLM(TransformerModel):
         """tokens [b] at position cache["index"] -> (next-token logits [b, v], updated cache)."""
         index = cache["index"]
         positions = jnp.full((1, 1), index)
-        x = self.positions(self.embedding(tokens[:, None]), positions)  # [b, 1, d]
+        x = self.positions(self.scale_embedding(self.embedding(tokens[:, None])), positions)
         x, layers = self.decoder.decode_step(cache["layers"], x, index)
         return self.logits(x)[:, 0], {"index": index + 1, "layers": layers}
 
@@ -202,7 +270,8 @@ class EncoderDecoderTransformer(TransformerModel):
         """Source ids [b, s] -> the memory [b, s, d] the decoder attends to."""
         embed = self.embedding if self.source_vocab_size is None else self.source_embedding
         positions = positions_of(source.shape[1])
-        x = self.dropout(self.positions(embed(source), positions), deterministic=not train)
+        x = self.scale_embedding(embed(source))  # [b, s, d]
+        x = self.dropout(self.positions(x, positions), deterministic=not train)
         return self.encoder(x, mask=source_mask, positions=positions, train=train)
 
     def decode(
@@ -215,7 +284,8 @@ class EncoderDecoderTransformer(TransformerModel):
     ) -> jax.Array:
         """Target ids [b, t] and memory [b, s, d] -> next-token logits [b, t, v]."""
         positions = positions_of(target.shape[1])
-        x = self.dropout(self.positions(self.embedding(target), positions), deterministic=not train)
+        x = self.scale_embedding(self.embedding(target))  # [b, t, d]
+        x = self.dropout(self.positions(x, positions), deterministic=not train)
         x = self.decoder(
             x,
             causal=True,
@@ -254,7 +324,8 @@ class EncoderDecoderTransformer(TransformerModel):
     def decode_step(self, cache: Cache, tokens: jax.Array) -> tuple[jax.Array, Cache]:
         """tokens [b] at position cache["index"] -> (next-token logits [b, v], updated cache)."""
         index = cache["index"]
-        x = self.positions(self.embedding(tokens[:, None]), jnp.full((1, 1), index))  # [b, 1, d]
+        x = self.scale_embedding(self.embedding(tokens[:, None]))  # [b, 1, d]
+        x = self.positions(x, jnp.full((1, 1), index))
         x, layers = self.decoder.decode_step(
             cache["layers"], x, index, memory=cache["memory"], memory_mask=cache["source_mask"]
         )

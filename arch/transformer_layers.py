@@ -9,11 +9,25 @@ to an encoder's memory (decoder of the encoder-decoder), and the feed-forward ne
 "post" norm is the 2017 arrangement, x = LayerNorm(x + Dropout(sublayer(x))); "pre" norm,
 x = x + Dropout(sublayer(LayerNorm(x))) with a final LayerNorm after the stack, trains more
 stably as depth grows (Xiong et al. 2020) and is the default.
+
+Initialisation (`initializer`): "default" keeps Flax's LeCun-normal kernels (fan-in) with
+normal(0.02) embedding and position tables; "gpt2" is GPT-2's (Radford et al. 2019, Hugging
+Face's GPT2PreTrainedModel._init_weights): normal(0.02) for every kernel and table, and the
+residual output projections (attention's out, the feed-forward's second layer) normal(0.02 /
+sqrt(N)) over the N residual sublayers of their stack (2 per block, 3 with cross-attention).
+Biases are zero and LayerNorms ones / zeros either way.
+
+Token embeddings (`embed_scale`): "sqrt_d" multiplies the looked-up rows by sqrt(d), as the 2017
+paper (sec. 3.4) and tensor2tensor do; a tied output layer reads the unscaled table, as
+tensor2tensor's shared softmax weights do. "auto" (the default) scales where the positions are
+sinusoidal (amplitude 1 against rows of std 0.02: 35 to 1 unscaled) and nowhere else (GPT-2 and
+BERT add learned positions of their tables' own scale, unscaled).
 """
 
 import functools
+import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import flax.linen as nn
 import jax
@@ -21,9 +35,21 @@ import jax.numpy as jnp
 
 from arch.attention import Kernel, MultiHeadAttention, heads_problem
 from arch.errors import ConfigError
-from arch.layers import Activation, FeedForward, Positional, RowDense, layer_norm, logical
+from arch.layers import (
+    LAYER_NORM_EPS,
+    Activation,
+    FeedForward,
+    Positional,
+    RowDense,
+    layer_norm,
+    logical,
+)
 
 Norm = Literal["pre", "post"]
+Initializer = Literal["default", "gpt2"]
+EmbedScale = Literal["auto", "sqrt_d", "none"]
+GPT2_STD = 0.02
+"""GPT-2's (and BERT's) initializer_range."""
 Cache = dict[str, Any]
 
 
@@ -42,6 +68,11 @@ class TransformerBlock(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     block_size: int = 512
+    init_std: float | None = None
+    """The kernels' normal standard deviation; None: LeCun normal."""
+    residual_init_std: float | None = None
+    """The residual outputs' (attention out, the feed-forward's second layer); None: init_std."""
+    layer_norm_eps: float = LAYER_NORM_EPS
 
     def setup(self) -> None:
         attention = functools.partial(
@@ -50,6 +81,8 @@ class TransformerBlock(nn.Module):
             self.num_heads,
             kernel=self.kernel,
             block_size=self.block_size,
+            init_std=self.init_std,
+            out_init_std=self.residual_init_std,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -61,11 +94,16 @@ class TransformerBlock(nn.Module):
             features=self.features,
             activation=self.activation,
             dropout_rate=self.dropout_rate,
+            init_std=self.init_std,
+            output_init_std=self.residual_init_std,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
         count = 3 if self.cross_attention else 2
-        self.norms = [layer_norm(self.dtype, self.param_dtype) for _ in range(count)]
+        self.norms = [
+            layer_norm(self.dtype, self.param_dtype, epsilon=self.layer_norm_eps)
+            for _ in range(count)
+        ]
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def residual(
@@ -140,7 +178,9 @@ class TransformerStack(nn.Module):
         else:
             self.blocks = [self.block.clone() for _ in range(self.num_layers)]
         if self.block.norm == "pre":
-            self.final_norm = layer_norm(self.block.dtype, self.block.param_dtype)
+            self.final_norm = layer_norm(
+                self.block.dtype, self.block.param_dtype, epsilon=self.block.layer_norm_eps
+            )
 
     def finish(self, x: jax.Array) -> jax.Array:
         return self.final_norm(x) if self.block.norm == "pre" else x
@@ -205,13 +245,55 @@ class TransformerModel(nn.Module):
     """Recompute each block's activations in the backward pass (jax.checkpoint per block)."""
     scan_layers: bool = False
     """Scan one block over stacked parameters: compile time independent of depth."""
+    initializer: Initializer = "default"
+    """"default": LeCun-normal kernels (Flax's); "gpt2": GPT-2's normal(0.02) kernels with the
+    residual outputs at 0.02 / sqrt(residual sublayers) (module docstring). Tables are
+    normal(0.02) either way."""
+    embed_scale: EmbedScale = "auto"
+    """Token embeddings times sqrt(d) ("sqrt_d", the 2017 paper's), or not ("none"); "auto":
+    sqrt(d) with sinusoidal positions only. Tied outputs read the unscaled table."""
+    layer_norm_eps: float = LAYER_NORM_EPS
+    """Every LayerNorm's epsilon: 1e-6 (Flax's); BERT's is 1e-12, GPT-2's 1e-5."""
     dtype: str = "float32"
     param_dtype: str = "float32"
+
+    @property
+    def kernel_std(self) -> float | None:
+        """The kernels' normal standard deviation: GPT-2's 0.02, or None (LeCun normal)."""
+        if self.initializer == "default":
+            return None
+        if self.initializer == "gpt2":
+            return GPT2_STD
+        raise ConfigError(
+            f"unknown initializer {self.initializer!r}; choose one of {get_args(Initializer)}"
+        )
+
+    @property
+    def embedding_multiplier(self) -> float | None:
+        """What token embeddings are multiplied by: sqrt(d), or None (unscaled)."""
+        if self.embed_scale not in get_args(EmbedScale):
+            raise ConfigError(
+                f"unknown embed_scale {self.embed_scale!r}; choose one of {get_args(EmbedScale)}"
+            )
+        scaled = self.embed_scale == "sqrt_d" or (
+            self.embed_scale == "auto" and self.positional == "sinusoidal"
+        )
+        return math.sqrt(self.features) if scaled else None
+
+    @nn.nowrap
+    def scale_embedding(self, x: jax.Array) -> jax.Array:
+        """Looked-up token embeddings [..., d] times `embedding_multiplier` (if any)."""
+        multiplier = self.embedding_multiplier
+        return x if multiplier is None else x * jnp.asarray(multiplier, x.dtype)
 
     @nn.nowrap
     def make_stack(
         self, cross_attention: bool = False, name: str | None = None
     ) -> TransformerStack:
+        std = self.kernel_std
+        residual_std = None
+        if std is not None:  # GPT-2: 1 / sqrt(N) over the stack's N residual sublayers
+            residual_std = std / math.sqrt((3 if cross_attention else 2) * self.num_layers)
         block = TransformerBlock(
             features=self.features,
             num_heads=self.num_heads,
@@ -225,6 +307,9 @@ class TransformerModel(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             block_size=self.block_size,
+            init_std=std,
+            residual_init_std=residual_std,
+            layer_norm_eps=self.layer_norm_eps,
             parent=None,
         )
         return TransformerStack(
@@ -275,6 +360,7 @@ class TransformerModel(nn.Module):
         """The untied output layer [..., d] -> [..., num_outputs] (`head` in setup)."""
         return RowDense(
             self.num_outputs,
+            init_std=self.kernel_std,
             axes=("embed", "vocab"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,

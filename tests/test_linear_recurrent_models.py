@@ -1,4 +1,4 @@
-"""Models on linear recurrences (LRU, minGRU, minLSTM): the two scans agree in values and
+"""Models on linear recurrences (LRU, minGRU, minLSTM, Mamba): the two scans agree in values and
 gradients at length 4096, decoding step by step equals the full pass, the LRU is stable for any
 parameters, minGRU / minLSTM follow their recurrences, and the registered models learn.
 
@@ -128,14 +128,19 @@ def test_the_classifier_learns_the_adding_problem(mixer):
 
 
 def test_hand_computed_parameter_count_of_the_default_language_model():
-    """d 64, n 64, f 128, 2 layers, vocabulary 256, LRU mixer."""
+    """d 64, n 64, f 128, 2 layers, vocabulary 256, LRU mixer (its gamma trained: n more per
+    layer than the tied form's 116,608)."""
     d, n, f, v = 64, 64, 128, 256
-    lru = 2 * n + 2 * d * n + 2 * n * d + d  # nu, theta; B re / im; C re / im; D
+    lru = 3 * n + 2 * d * n + 2 * n * d + d  # nu, theta, gamma; B re / im; C re / im; D
     block = lru + 2 * 2 * d + 2 * (d * f + f) + (f * d + d)  # + 2 LayerNorms + gated MLP
     expected = v * d + 2 * block + 2 * d + (d * v + v)  # embedding, blocks, norm, head
     model = MODELS["linear_rnn_lm"]()
     shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 4), np.int32))
-    assert sum(leaf.size for leaf in jax.tree.leaves(shapes)) == expected == 116_608
+    assert sum(leaf.size for leaf in jax.tree.leaves(shapes)) == expected == 116_736
+    tied = jax.eval_shape(
+        model.clone(normalisation="tied").init, jax.random.key(0), np.zeros((1, 4), np.int32)
+    )
+    assert sum(leaf.size for leaf in jax.tree.leaves(tied)) == expected - 2 * n == 116_608
 
 
 @pytest.mark.parametrize("mixer", MIXERS)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from arch import (
     MODELS,
@@ -33,6 +34,7 @@ VOCAB, D, H, F = 11, 16, 2, 32  # the small sizes of tests/test_transformer.py
 B, T = 2, 6
 SMALL = dict(features=D, num_heads=H, ffn_hidden=F, num_layers=1, max_len=16)
 TOKEN_MODEL = dict(SMALL, vocab_size=VOCAB, num_outputs=VOCAB)
+KEY = jax.random.key(0)
 
 # Pinned parameter counts of the registered defaults (d 64, 4 heads, f 256, 2 layers, learned
 # positions of max_len 512).
@@ -95,6 +97,118 @@ def test_parameter_count_of_the_registered_defaults(name):
     inputs, expected = PARAMETERS[name]
     variables = jax.eval_shape(MODELS[name]().init, jax.random.key(0), inputs)
     assert parameter_count(variables["params"]) == expected
+
+
+# Initial values: the default's pinned, GPT-2's statistics.
+
+# Of each registered default (key 0): (arrays, sum of squares, sum of x * sin(1, 2, ...) per
+# array), equal to the values before initializer / embed_scale / layer_norm_eps existed (1992
+# arrays of 41 configurations compared bit for bit then).
+DEFAULT_INIT = {
+    "transformer": (40, 1563.204100, 9.403438),
+    "bert": (41, 1617.822201, 2.577103),
+    "gpt": (36, 1492.933698, -7.965481),
+    "transformer_seq2seq": (90, 3608.321706, 11.950052),
+    "vit": (40, 1542.705498, 9.823714),
+}
+
+
+def concrete(inputs):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_INIT))
+def test_default_initial_values_are_pinned(name):
+    inputs, _ = PARAMETERS[name]
+    params = MODELS[name]().init(jax.random.key(0), concrete(inputs))["params"]
+    arrays = [np.asarray(a, np.float64) for a in jax.tree.leaves(params)]
+    signature = sum(float(a.ravel() @ np.sin(np.arange(a.size) + 1.0)) for a in arrays)
+    count, squares, expected_signature = DEFAULT_INIT[name]
+    assert len(arrays) == count
+    assert sum(float((a**2).sum()) for a in arrays) == pytest.approx(squares, rel=1e-6)
+    assert signature == pytest.approx(expected_signature, abs=1e-4)
+
+
+def residual_sublayers(path: str, model) -> int | None:
+    """N of GPT-2's 0.02 / sqrt(N) for a residual output projection at `path`, else None."""
+    if not path.endswith(("/out/kernel", "feed_forward/output/kernel")):
+        return None
+    cross = path.startswith("decoder/") and isinstance(model, EncoderDecoderTransformer)
+    return (3 if cross else 2) * model.num_layers
+
+
+WIDE = dict(features=128, num_heads=4, num_layers=2, max_len=32)
+GPT2_MODELS = {
+    "gpt": (TransformerLM(**WIDE, vocab_size=300, num_outputs=300, tie_embeddings=False), BYTES),
+    "bert": (MaskedLanguageModel(**WIDE, vocab_size=300, num_outputs=300, norm="post"), BYTES),
+    "transformer": (TransformerClassifier(**WIDE, num_outputs=10), FEATURE_SEQUENCES),
+    "transformer_seq2seq": (
+        EncoderDecoderTransformer(**WIDE, vocab_size=300, num_outputs=300, source_vocab_size=200),
+        {"source": BYTES, "target": BYTES},
+    ),
+    "vit": (ViT(**WIDE, num_outputs=10), IMAGES),
+}
+
+
+@pytest.mark.parametrize("name", list(GPT2_MODELS))
+def test_gpt2_initialisation_of_every_parameter(name):
+    """normal(0.02) for every kernel and table, 0.02 / sqrt(N) for the residual outputs (N: the
+    stack's residual sublayers), zero biases, LayerNorms at ones: each array's std within 5
+    standard errors (0.02 / sqrt(2 n) for n draws) of its target, its mean within 5 too."""
+    model, inputs = GPT2_MODELS[name]
+    model = model.clone(initializer="gpt2")
+    params = model.init(jax.random.key(0), concrete(inputs))["params"]
+    for path, array in flatten_dict(params, sep="/").items():
+        array = np.asarray(array, np.float64)
+        if path.endswith("bias"):
+            np.testing.assert_array_equal(array, 0, err_msg=path)
+        elif path.endswith("scale"):
+            np.testing.assert_array_equal(array, 1, err_msg=path)
+        else:
+            sublayers = residual_sublayers(path, model)
+            target = 0.02 if sublayers is None else 0.02 / np.sqrt(sublayers)
+            error = target / np.sqrt(2 * array.size)
+            assert abs(array.std() - target) < 5 * error, (path, array.std(), target)
+            assert abs(array.mean()) < 5 * target / np.sqrt(array.size), (path, array.mean())
+
+
+def test_gpt2_initialisation_statistics_of_a_measurable_model():
+    """A GPT of 4 layers, d 256: each kind of kernel, gathered over the layers, within 2% of
+    its target; the residual outputs at 0.02 / sqrt(2 * 4)."""
+    model = TransformerLM(features=256, num_heads=4, num_layers=4, initializer="gpt2")
+    shapes = jax.eval_shape(model.init, jax.random.key(0), BYTES)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), concrete(BYTES))["params"]
+    flat = flatten_dict(params, sep="/")
+    assert set(flat) == set(flatten_dict(shapes, sep="/"))
+    kinds = {
+        "self_attention/query/kernel": 0.02,
+        "self_attention/key/kernel": 0.02,
+        "self_attention/value/kernel": 0.02,
+        "feed_forward/hidden/kernel": 0.02,
+        "self_attention/out/kernel": 0.02 / np.sqrt(8),
+        "feed_forward/output/kernel": 0.02 / np.sqrt(8),
+        "embedding/embedding": 0.02,
+        "positions/table/embedding": 0.02,
+    }
+    for kind, target in kinds.items():
+        arrays = [np.asarray(v).ravel() for k, v in flat.items() if k.endswith(kind)]
+        layered = kind.startswith(("self_attention", "feed_forward"))
+        assert len(arrays) == (4 if layered else 1), kind
+        assert np.concatenate(arrays).std() == pytest.approx(target, rel=0.02), kind
+    biases = [v for k, v in flat.items() if k.endswith("bias")]
+    assert biases and all(not np.any(np.asarray(b)) for b in biases)
+    # the default draws LeCun normal: std 1 / sqrt(fan-in), 1 / sqrt(256) = 0.0625 for the query
+    default = TransformerLM(features=256, num_heads=4, num_layers=4)
+    query = default.init(jax.random.key(0), concrete(BYTES))["params"]["decoder"]["blocks_0"]
+    kernel = np.asarray(query["self_attention"]["query"]["kernel"])
+    assert kernel.std() == pytest.approx(1 / 16, rel=0.03)
+
+
+def test_unknown_initializer_and_embed_scale_are_named():
+    with pytest.raises(ConfigError, match=r"unknown initializer 'xavier'; choose one of"):
+        jax.eval_shape(TransformerLM(**TOKEN_MODEL, initializer="xavier").init, KEY, BYTES)
+    with pytest.raises(ConfigError, match=r"unknown embed_scale 'sqrt'; choose one of"):
+        jax.eval_shape(TransformerLM(**TOKEN_MODEL, embed_scale="sqrt").init, KEY, BYTES)
 
 
 # The Vision Transformer.
