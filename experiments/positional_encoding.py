@@ -16,9 +16,11 @@ sinusoidal, learned or rotary positions solves them. Two tasks (train/tasks/orde
   exactly on the test inputs (the "order-blind level"; 1 / vocab is plain guessing).
 
 "holds" (per task) = the "none" model's test accuracy < the order-blind level + 0.05, and
-each of sinusoidal, learned and rotary reaches >= 0.95; the claim holds if it holds on every
-task. Rotary encodes only relative offsets (it rotates queries and keys inside attention);
-the others add an absolute position vector to the embeddings.
+each of sinusoidal, learned and rotary reaches >= 0.95; "reverse + anchor" (`--anchored`,
+rotary by default): the same reversal with one fixed token starting each sequence, where each
+anchored encoding must reach >= 0.95. The claim holds if it holds on every task. Rotary
+encodes only relative offsets (it rotates queries and keys inside attention); the others add
+an absolute position vector to the embeddings.
 
 Command: `python -m experiments.positional_encoding` (`--tasks sorted`, `--smoke`).
 The result is in README.md's table of experiments.
@@ -37,6 +39,7 @@ from experiments.common.scaffold import Experiment, TrainingConfig
 from train.loop import FitResult
 from train.report import figure, fit_seeds, format_table, save_figure, seed_summary
 from train.tasks import TASKS
+from train.tasks.order import AnchoredReverse
 
 CLAIM = (
     "Without positional information a Transformer stays at the order-blind level on "
@@ -67,6 +70,10 @@ class Config(TrainingConfig):
     sorted_length: int = 10
     reverse_length: int = 12
     """Even: every position's target is another position's token."""
+    anchored: tuple[Positional, ...] = ("rotary",)
+    """Encodings also trained on "reverse" with an anchor token starting every sequence
+    (train.tasks.order.AnchoredReverse: an edge to count positions from, which relative
+    offsets alone lack; the "sorted" classifier's [CLS] token is one already)."""
     evaluations: int = 10
     """Validation evaluations per run (the curves of the plot)."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -95,24 +102,29 @@ def order_blind_level(name: TaskName, task) -> float:
 
 
 def per_position_accuracy(result: FitResult, task) -> list[float] | None:
-    """Test accuracy at each output position [t] of a per-token model (None: one output)."""
+    """Test accuracy at each scored output position [t] of a per-token model (None: one
+    output); an anchor's position, never scored, is left out."""
     inputs, targets = task.data["test"][:2]
     if targets.ndim != 2:
         return None
+    mask = task.data["test"][2]
     logits = result.model.apply(result.state.variables, inputs)  # [n, t, v]
-    return np.mean(np.argmax(logits, axis=-1) == targets, axis=0).tolist()
+    right = np.mean(np.argmax(logits, axis=-1) == targets, axis=0)
+    return right[mask.any(axis=0)].tolist()
 
 
 def train_model(name: TaskName, positional: Positional, task, config: Config, out: str) -> dict:
     """Train one encoder with one positional encoding once per seed; its test accuracy (mean
     over seeds), size, times and validation curve."""
-    extra = 1 if name == "sorted" else 0  # the classifier's [CLS] token
+    anchor = getattr(task, "anchor", False)
+    # the classifier's [CLS] token; the anchor token of an anchored reverse
+    max_len = task.length + (name == "sorted" or anchor)
     model = MODELS[MODEL_OF_TASK[name]](
         features=config.features,
         num_layers=config.num_layers,
         num_heads=config.num_heads,
         positional=positional,
-        max_len=task.length + extra,
+        max_len=max_len,
     )
     results = fit_seeds(
         model,
@@ -120,7 +132,7 @@ def train_model(name: TaskName, positional: Positional, task, config: Config, ou
         config.optim(config.steps),
         config.steps,
         config.seeds,
-        os.path.join(out, f"{name}-{positional}"),
+        os.path.join(out, f"{name}-{positional}" + ("-anchor" if anchor else "")),
         config.evaluations,
     )
     summary = seed_summary(results)
@@ -135,6 +147,8 @@ def train_model(name: TaskName, positional: Positional, task, config: Config, ou
     return {
         "task": name,
         "positional": positional,
+        "anchor": anchor,
+        "label": positional + (" + anchor" if anchor else ""),
         "model": type(results[0].model).__name__,
         **summary,
         "test_sequence_accuracy": None if np.isnan(whole).any() else float(whole.mean()),
@@ -146,7 +160,8 @@ def train_model(name: TaskName, positional: Positional, task, config: Config, ou
 
 
 def task_verdict(rows: list[dict], level: float) -> bool:
-    """The claim on one task: "none" at the order-blind level, every encoding solves it."""
+    """The claim on one task: "none" at the order-blind level, every encoding solves it (an
+    anchored run: every encoding solves it)."""
     blind = [r for r in rows if r["positional"] == "none"]
     others = [r for r in rows if r["positional"] != "none"]
     return all(r["test_accuracy"] < level + BLIND_MARGIN for r in blind) and all(
@@ -157,12 +172,14 @@ def task_verdict(rows: list[dict], level: float) -> bool:
 def summary_line(results: dict) -> str:
     """A row for README.md's table of experiments: command, claim, result."""
     parts = []
-    for name, level in results["order_blind_level"].items():
-        rows = [r for r in results["runs"] if r["task"] == name]
+    for name, holds in results["holds_per_task"].items():
+        task = name.removesuffix(" + anchor")
+        rows = [r for r in results["runs"] if r["task"] == task and r["anchor"] == (task != name)]
         accuracies = ", ".join(f"{r['positional']} {r['test_accuracy']:.3f}" for r in rows)
-        verdict = "holds" if results["holds_per_task"][name] else "fails"
+        level = results["order_blind_level"][task]
+        verdict = "holds" if holds else "fails"
         parts.append(
-            f"{name} ({MODEL_OF_TASK[name]}, order-blind level {level:.3f}): {accuracies} "
+            f"{name} ({MODEL_OF_TASK[task]}, order-blind level {level:.3f}): {accuracies} "
             f"({verdict})"
         )
     seconds, config = results["wall_seconds"], results["config"]
@@ -184,12 +201,13 @@ def plot(results: dict, path: str) -> None:
     panels = 1 + len(names) + bool(per_token)
     fig, axes = figure(1, panels, figsize=(5 * panels, 4), squeeze=False)
     bars, curves = axes[0, 0], axes[0, 1 : 1 + len(names)]
-    encodings = list(dict.fromkeys(r["positional"] for r in results["runs"]))
+    encodings = list(dict.fromkeys(r["label"] for r in results["runs"]))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        rows = {r["positional"]: r for r in results["runs"] if r["task"] == name}
+        rows = {r["label"]: r for r in results["runs"] if r["task"] == name}
         x = np.arange(len(encodings)) + (i - (len(names) - 1) / 2) * width
-        bars.bar(x, [rows[e]["test_accuracy"] for e in encodings], width, label=name)
+        heights = [rows[e]["test_accuracy"] if e in rows else np.nan for e in encodings]
+        bars.bar(x, heights, width, label=name)
         level = results["order_blind_level"][name]
         bars.hlines(level, x[0] - width / 2, x[-1] + width / 2, colors="k", linestyles=":")
         for row in rows.values():
@@ -197,7 +215,7 @@ def plot(results: dict, path: str) -> None:
                 row["validation_steps"],
                 row["validation_accuracy"],
                 marker=".",
-                label=row["positional"],
+                label=row["label"],
             )
         curves[i].axhline(level, color="gray", linestyle=":", label=f"order-blind {level:.3f}")
         curves[i].set(xlabel="step", ylabel="validation accuracy", ylim=(0, 1.02))
@@ -211,7 +229,7 @@ def plot(results: dict, path: str) -> None:
         positions = axes[0, -1]
         for row in per_token:
             accuracy = row["per_position_accuracy"]
-            positions.plot(range(len(accuracy)), accuracy, marker="o", label=row["positional"])
+            positions.plot(range(len(accuracy)), accuracy, marker="o", label=row["label"])
         positions.set(xlabel="output position", ylabel="test accuracy", ylim=(0, 1.02))
         positions.set_title(f"{per_token[0]['task']}: accuracy per position")
         positions.legend(fontsize=8)
@@ -231,15 +249,22 @@ def study(config: Config, out: str) -> dict:
         task = make_task(name, config)
         levels[name] = order_blind_level(name, task)
         runs += [train_model(name, p, task, config, out) for p in config.encodings]
+    if "reverse" in config.tasks:
+        anchored = AnchoredReverse(**dataclasses.asdict(make_task("reverse", config)))
+        runs += [train_model("reverse", p, anchored, config, out) for p in config.anchored]
     holds_per_task = {
-        name: task_verdict([r for r in runs if r["task"] == name], level)
+        name: task_verdict([r for r in runs if r["task"] == name and not r["anchor"]], level)
         for name, level in levels.items()
     }
+    if "reverse" in config.tasks and config.anchored:
+        rows = [r for r in runs if r["anchor"]]
+        holds_per_task["reverse + anchor"] = all(r["test_accuracy"] >= SOLVED for r in rows)
     results = {
         "holds": all(holds_per_task.values()),
         "holds_per_task": holds_per_task,
         "criterion": f"per task: 'none' test accuracy < order-blind level + {BLIND_MARGIN}, "
-        f"every other encoding >= {SOLVED}",
+        f"every other encoding >= {SOLVED}; reverse + anchor: every anchored encoding >= "
+        f"{SOLVED}",
         "order_blind_level": levels,
         "guessing": 1 / config.vocab_size,
         "runs": runs,
@@ -248,7 +273,7 @@ def study(config: Config, out: str) -> dict:
     table = [
         {
             "task": r["task"],
-            "positional": r["positional"],
+            "positional": r["label"],
             "parameters": r["parameters"],
             "test accuracy": f"{r['test_accuracy']:.4f} ± {r['test_accuracy_std']:.4f}",
             "worst seed": min(r["test_accuracy_per_seed"]),
@@ -265,7 +290,7 @@ def study(config: Config, out: str) -> dict:
     for r in runs:
         if r["per_position_accuracy"] is not None:
             accuracies = " ".join(f"{a:.2f}" for a in r["per_position_accuracy"])
-            print(f"{r['task']} {r['positional']:10}  accuracy per position: {accuracies}")
+            print(f"{r['task']} {r['label']:16}  accuracy per position: {accuracies}")
     print(f"holds per task: {holds_per_task}")
     return results
 

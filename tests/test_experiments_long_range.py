@@ -9,28 +9,36 @@ from arch.errors import ConfigError
 from experiments import long_range
 
 CELLS = ("elman", "lstm", "gru")
+INITS = ("default", "chrono")
 # hidden 64: adding reads 2 features, copy embeds 10 tokens in 64; heads 64 -> 1 and 64 -> 10
 ADDING_PARAMETERS = {"elman": 4353, "lstm": 17217, "gru": 12929}
 COPY_PARAMETERS = {"elman": 9546, "lstm": 34314, "gru": 26058}
 
 
+RUNS = [("elman", "default"), ("lstm", "default"), ("lstm", "chrono"), ("gru", "default")]
+RUNS += [("gru", "chrono")]  # the Elman RNN has no gate to initialise
+
+
 def test_smoke_run_writes_results_plot_and_a_consistent_verdict(tmp_path):
     saved = smoke_results(long_range, tmp_path)
-    assert saved["claim"] and isinstance(saved["holds"], bool)
+    assert saved["claim"]
+    assert set(saved["holds"]) == {f"{t} ({i})" for t in ("adding", "copy") for i in INITS}
     assert (tmp_path / "long_range.png").stat().st_size > 0
     assert saved["baselines"] == {"adding_mean_predictor_mse": 1 / 6, "copy_chance_accuracy": 1 / 8}
 
     config = saved["config"]
-    adding = {(r["length"], r["cell"]): r for r in saved["adding"]}
-    assert set(adding) == {(n, c) for n in config["adding_lengths"] for c in CELLS}
-    copy = {(r["delay"], r["cell"]): r for r in saved["copy"]}
-    assert set(copy) == {(d, c) for d in config["copy_delays"] for c in CELLS}
-    for (_, cell), row in adding.items():
-        assert row["parameters"] == ADDING_PARAMETERS[cell]
+    adding = {(r["length"], r["cell"], r["init"]): r for r in saved["adding"]}
+    assert set(adding) == {(n, *run) for n in config["adding_lengths"] for run in RUNS}
+    copy = {(r["delay"], r["cell"], r["init"]): r for r in saved["copy"]}
+    assert set(copy) == {(d, *run) for d in config["copy_delays"] for run in RUNS}
+    for (length, cell, init), row in adding.items():
+        assert row["parameters"] == ADDING_PARAMETERS[cell]  # chrono changes values only
+        assert row["chrono_t_max"] == (length if init == "chrono" else None)
         assert math.isfinite(row["test"]["mse"]) and row["test"]["mse"] >= 0.0
-    for (delay, cell), row in copy.items():
+    for (delay, cell, init), row in copy.items():
         assert row["parameters"] == COPY_PARAMETERS[cell]
         assert row["sequence_length"] == 2 * config["copy_length"] + delay + 1
+        assert row["chrono_t_max"] == (row["sequence_length"] if init == "chrono" else None)
         accuracy, whole = row["test"]["accuracy"], row["test"]["sequence_accuracy"]
         # a sequence counts as copied only if each of its symbols is right
         assert 0.0 <= whole <= accuracy + 1e-6 <= 1.0 + 1e-6
@@ -42,17 +50,23 @@ def test_smoke_run_writes_results_plot_and_a_consistent_verdict(tmp_path):
         assert len(row["validation_steps"]) == len(curve) >= 1
         assert row[f"best_validation_{metric}"] == (min if metric == "mse" else max)(curve)
 
-    at_bar = saved["adding_test_mse_at_bar_length"]
-    assert at_bar == {c: adding[(config["bar_length"], c)]["test"]["mse"] for c in CELLS}
-    assert saved["holds"] == (
-        at_bar["lstm"] < 0.01 and at_bar["gru"] < 0.01 and at_bar["elman"] > 0.1
-    )
+    for init in INITS:
+        run = lambda cell, init=init: (cell, init if cell != "elman" else "default")
+        mse = {c: adding[(config["bar_length"], *run(c))]["test"]["mse"] for c in CELLS}
+        accuracy = {c: copy[(config["copy_bar_delay"], *run(c))]["test"]["accuracy"] for c in CELLS}
+        assert saved["at_bars"][init] == {"adding_test_mse": mse, "copy_test_accuracy": accuracy}
+        assert saved["holds"][f"adding ({init})"] == (
+            mse["lstm"] < 0.01 and mse["gru"] < 0.01 and mse["elman"] > 0.1
+        )
+        assert saved["holds"][f"copy ({init})"] == (
+            accuracy["lstm"] > 0.9 and accuracy["gru"] > 0.9 and accuracy["elman"] < 2 / 8
+        )
 
     pairs = saved["gru_vs_lstm"]["settings"]
-    assert len(pairs) == len(config["adding_lengths"]) + len(config["copy_delays"])
+    assert len(pairs) == len(INITS) * (len(config["adding_lengths"]) + len(config["copy_delays"]))
     for pair in pairs:
         rows = adding if pair["task"] == "adding" else copy
-        gru, lstm = rows[(pair["range"], "gru")], rows[(pair["range"], "lstm")]
+        gru, lstm = (rows[(pair["range"], cell, pair["init"])] for cell in ("gru", "lstm"))
         metric = pair["metric"].removeprefix("test ")
         assert (pair["gru"], pair["lstm"]) == (gru["test"][metric], lstm["test"][metric])
         assert (pair["parameters_gru"], pair["parameters_lstm"]) == (
@@ -64,8 +78,16 @@ def test_smoke_run_writes_results_plot_and_a_consistent_verdict(tmp_path):
     length = config["adding_lengths"][0]
     assert (tmp_path / f"adding{length}-gru" / "summary.json").exists()
     assert (tmp_path / f"copy{config['copy_delays'][0]}-lstm" / "metrics.jsonl").exists()
+    assert (tmp_path / f"copy{config['copy_delays'][0]}-gru-chrono" / "metrics.jsonl").exists()
 
 
-def test_bar_length_must_be_one_of_the_adding_lengths(tmp_path):
-    with pytest.raises(ConfigError, match="bar_length 200 must be one of adding_lengths"):
-        long_range.main(["--adding-lengths", "50", "--run-dir", str(tmp_path)])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--adding-lengths", "50"], "bar_length 200 must be one of adding_lengths"),
+        (["--copy-delays", "10"], "copy_bar_delay 50 must be one of copy_delays"),
+    ],
+)
+def test_the_bars_must_be_among_the_settings_run(tmp_path, flags, message):
+    with pytest.raises(ConfigError, match=message):
+        long_range.main([*flags, "--run-dir", str(tmp_path)])

@@ -20,11 +20,11 @@ def test_results_and_the_verdict_from_the_numbers(smoke):
     run_dir, results, saved = smoke
     assert saved["claim"] and isinstance(saved["holds"], bool)
     assert results["holds"] == saved["holds"]
-    assert [(r["task"], r["positional"]) for r in saved["runs"]] == [
+    assert [(r["task"], r["label"]) for r in saved["runs"]] == [
         (task, p) for task in ("sorted", "reverse") for p in ENCODINGS
-    ]
+    ] + [("reverse", "rotary + anchor")]
     for name in ("sorted", "reverse"):
-        rows = {r["positional"]: r for r in saved["runs"] if r["task"] == name}
+        rows = {r["positional"]: r for r in saved["runs"] if r["task"] == name and not r["anchor"]}
         for row in rows.values():
             assert 0.0 <= row["test_accuracy"] <= 1.0 and math.isfinite(row["train_accuracy"])
             assert row["train_time_s"] > 0 and len(row["test_accuracy_per_seed"]) == 1
@@ -47,7 +47,20 @@ def test_results_and_the_verdict_from_the_numbers(smoke):
             rows[p]["test_accuracy"] >= 0.95 for p in ENCODINGS[1:]
         )
         assert saved["holds_per_task"][name] == verdict
+    anchored = saved["runs"][-1]
+    assert anchored["anchor"] and anchored["positional"] == "rotary"
+    # one more position (the anchor), never scored: per-position accuracy covers the tokens only
+    length = saved["config"]["reverse_length"]
+    # the anchor's embedding row (d = 16) and its entry of the tied head's output bias
+    assert anchored["parameters"] == rows["rotary"]["parameters"] + 16 + 1
+    assert len(anchored["per_position_accuracy"]) == length
+    assert np.mean(anchored["per_position_accuracy"]) == pytest.approx(
+        anchored["test_accuracy"], abs=1e-6
+    )
+    assert saved["holds_per_task"]["reverse + anchor"] == (anchored["test_accuracy"] >= 0.95)
+    assert set(saved["holds_per_task"]) == {"sorted", "reverse", "reverse + anchor"}
     assert saved["holds"] == all(saved["holds_per_task"].values())
+    assert (run_dir / "reverse-rotary-anchor-seed0" / "summary.json").exists()
     assert saved["summary"].startswith("| `python -m experiments.positional_encoding`")
     assert (run_dir / "positional_encoding.png").exists()
     assert (run_dir / "sorted-rotary-seed0" / "summary.json").exists()

@@ -13,6 +13,7 @@ from arch.errors import ConfigError
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, DataPosition, Reverse, Sorted
+from train.tasks.order import AnchoredReverse
 
 SPLITS = ("train", "validation", "test")
 POSITIONS = [DataPosition(0, 0), DataPosition(0, 1), DataPosition(3, 2)]
@@ -79,6 +80,24 @@ def test_reverse_targets_are_the_inputs_reversed():
     inputs = Reverse(length=7, vocab_size=4, num_eval=4000).data["validation"][0]
     frequencies = np.stack([np.bincount(column, minlength=4) for column in inputs.T]) / 4000
     np.testing.assert_allclose(frequencies, 0.25, atol=0.03)
+
+
+def test_an_anchored_reverse_starts_with_a_fixed_token_whose_target_is_masked():
+    plain = Reverse(length=6, vocab_size=5, num_eval=50)
+    task = AnchoredReverse(length=6, vocab_size=5, num_eval=50)
+    assert task.anchor and task.sequence_length == 7
+    assert task.model_fields == {"num_outputs": 5, "vocab_size": 6}  # the anchor is input only
+    for split in SPLITS:
+        inputs, targets, mask = task.data[split]
+        assert inputs.shape == targets.shape == mask.shape == (50, 7)
+        np.testing.assert_array_equal(inputs[:, 0], 5)  # id vocab_size
+        np.testing.assert_array_equal(mask[:, 0], 0.0)
+        np.testing.assert_array_equal(mask[:, 1:], 1.0)
+        # the same draws as without the anchor, shifted right by one
+        for x, y in zip(task.data[split], plain.data[split], strict=True):
+            np.testing.assert_array_equal(x[:, 1:], y)
+    batch = task.train_batch(DataPosition(0, 3))
+    np.testing.assert_array_equal(batch["targets"][:, 1:], batch["inputs"][:, :0:-1])
 
 
 def test_reverse_loss_guessing_perfect_and_one_wrong_token():

@@ -106,6 +106,17 @@ def is_verdict(holds: Any) -> bool:
     return holds is None or isinstance(holds, bool)
 
 
+def verdict_text(holds: Any) -> str:
+    """A verdict in words: holds / fails / not tested, or for a claim in parts "holds for A;
+    fails for B" (the parts in their order)."""
+    if not isinstance(holds, dict):
+        return {True: "holds", False: "fails", None: "not tested"}[holds]
+    if all(holds.values()) or not any(holds.values()):
+        return verdict_text(all(holds.values()))
+    parts = {v: [k for k, held in holds.items() if held == v] for v in (True, False)}
+    return f"holds for {', '.join(parts[True])}; fails for {', '.join(parts[False])}"
+
+
 def versions() -> dict[str, str | None]:
     """The device and the versions of the libraries that produced the results; PyTorch's where
     the study compared against it (imported it), else None."""

@@ -8,6 +8,7 @@ and comparing neighbours ("sorted"); a bag of tokens is worthless for both.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -44,6 +45,30 @@ class Reverse(TokenOutputs, TokenClassificationLoss, StreamTask):
         inputs = rng.integers(0, self.vocab_size, (n, self.length)).astype(np.int32)  # [n, t]
         targets = np.ascontiguousarray(inputs[:, ::-1])  # [n, t]
         return inputs, targets, np.ones((n, self.length), np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchoredReverse(Reverse):
+    """Reverse with one fixed token (id vocab_size, its target masked out) starting every
+    sequence: inputs, targets and mask [n, t + 1]. It marks an edge that positions can be
+    counted from: a relative encoding (rotary) sees only offsets between tokens, and plain
+    Reverse marks neither end. The tokens are Reverse's draws, shifted right by one."""
+
+    anchor: ClassVar[bool] = True
+
+    @property
+    def sequence_length(self) -> int:
+        """Positions the model sees: the anchor and the tokens."""
+        return self.length + 1
+
+    @property
+    def model_fields(self) -> dict[str, int]:
+        return {"num_outputs": self.vocab_size, "vocab_size": self.vocab_size + 1}
+
+    def sample(self, rng: np.random.Generator, n: int) -> Split:
+        first = lambda value, x: np.concatenate([np.full((n, 1), value, x.dtype), x], axis=1)
+        inputs, targets, mask = super().sample(rng, n)
+        return first(self.vocab_size, inputs), first(0, targets), first(0.0, mask)
 
 
 def sorted_multisets(rng: np.random.Generator, n: int, length: int, vocab_size: int) -> np.ndarray:
