@@ -108,7 +108,7 @@ def bert_params(w: dict) -> dict:
     return params
 
 
-BERT = dict(
+SIZES = dict(
     vocab_size=VOCAB,
     num_outputs=VOCAB,
     num_layers=LAYERS,
@@ -116,6 +116,10 @@ BERT = dict(
     num_heads=H,
     ffn_hidden=F,
     max_len=POSITIONS,
+)
+"""The sizes both references and our models are built with."""
+BERT = dict(
+    SIZES,
     norm="post",  # BERT's shape: post-norm blocks, LayerNorm over the embeddings
     token_types=2,
     activation="gelu_exact",
@@ -226,13 +230,7 @@ def gpt2_params(w: dict) -> dict:
 
 
 GPT2 = dict(
-    vocab_size=VOCAB,
-    num_outputs=VOCAB,
-    num_layers=LAYERS,
-    features=D,
-    num_heads=H,
-    ffn_hidden=F,
-    max_len=POSITIONS,
+    SIZES,
     layer_norm_eps=1e-5,  # the rest is gpt's default: pre-norm, learned positions, tanh GELU
 )
 
