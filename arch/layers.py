@@ -19,6 +19,7 @@ sharding of a parameter never depends on what it is called. The names (LOGICAL_A
 import contextlib
 import contextvars
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
@@ -144,14 +145,33 @@ def is_token_ids(model: nn.Module, inputs: jax.Array) -> bool:
     return True
 
 
+def chrono_problem(chrono: Any) -> str | None:
+    """Why `chrono` (T_max, in time steps) cannot set chrono biases, or None where it can: it
+    must be None (the default biases) or an integer > 2 (U(1, T_max - 1) needs T_max - 1 > 1)."""
+    if chrono is None or (
+        not isinstance(chrono, bool) and isinstance(chrono, numbers.Integral) and chrono > 2
+    ):
+        return None
+    return (
+        f"chrono is T_max, the longest dependency in time steps: an integer > 2 (or None for "
+        f"the default biases), got {chrono!r} (set --model.chrono)"
+    )
+
+
+def check_chrono(chrono: Any) -> None:
+    """A ConfigError with `chrono_problem`'s reason, if it has one."""
+    problem = chrono_problem(chrono)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def chrono_bias(key: jax.Array, shape: tuple[int, ...], t_max: int, dtype: Any) -> jax.Array:
     """Chrono initialisation of a gate's bias (Tallec & Ollivier 2018, "Can recurrent neural
     networks warp time?"): b = log(u), u ~ U(1, t_max - 1), so that the gate sigma(b) keeps a
     state for about u steps at the start of training (characteristic times spread up to
     t_max) instead of the one or two steps a bias of 0 or 1 gives. A gate that writes (the
     LSTM's input gate) takes -b."""
-    if t_max <= 2:
-        raise ConfigError(f"chrono initialisation needs t_max > 2 (time steps), got {t_max}")
+    check_chrono(t_max)
     u = jax.random.uniform(key, shape, jnp.float32, 1.0, t_max - 1.0)
     return jnp.log(u).astype(dtype)
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
-from arch.layers import RowDense, chrono_bias
+from arch.layers import RowDense, chrono_bias, chrono_problem
 from arch.linear_scan import (
     ScanMethod,
     linear_scan,
@@ -274,12 +274,8 @@ class MinGRU(nn.Module):
 
     @nn.nowrap
     def config_problems(self) -> list[str]:
-        if self.chrono is not None and not self.chrono > 2:
-            return [
-                f"chrono (T_max, time steps) must be > 2 or None, got {self.chrono} "
-                "(set --model.chrono)"
-            ]
-        return []
+        problem = chrono_problem(self.chrono)
+        return [] if problem is None else [problem]
 
     def setup(self) -> None:
         raise_problems(self)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from arch.cudnn_lstm import FastPath
 from arch.errors import ConfigError
-from arch.layers import Activation, is_token_ids
-from arch.rnn_cells import CELLS, GATED_CELLS, Cell, CellName, State, check_chrono
+from arch.layers import Activation, check_chrono, is_token_ids
+from arch.rnn_cells import CELLS, GATED_CELLS, Cell, CellName, State
 from arch.rnn_layer import RNN, Backward
 
 

@@ -18,7 +18,6 @@ sigma(1) = 0.73 kept per step). None (the default) keeps the biases below. The d
 own key, folded from the bias's, so every other initial value is the same with or without it.
 """
 
-import numbers
 from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from arch.errors import ConfigError
-from arch.layers import Activation, activation_fn, chrono_bias
+from arch.layers import Activation, activation_fn, check_chrono, chrono_bias
 
 CellName = Literal["elman", "lstm", "gru"]
 GATED_CELLS = ("lstm", "gru")
@@ -140,18 +139,6 @@ class ElmanCell(Cell):
     @nn.nowrap
     def update(self, h: jax.Array, x_proj: jax.Array, h_proj: jax.Array) -> jax.Array:
         return activation_fn(self.activation)(x_proj + h_proj)  # h_t = act(W_x x + W_h h + b)
-
-
-def check_chrono(chrono: Any) -> None:
-    """A ConfigError unless chrono is None or a whole number of time steps T_max > 2 (U(1,
-    T_max - 1) needs T_max - 1 > 1)."""
-    if chrono is None:
-        return
-    if isinstance(chrono, bool) or not isinstance(chrono, numbers.Integral) or chrono <= 2:
-        raise ConfigError(
-            f"chrono is T_max, the longest dependency in time steps: an integer > 2 (or None "
-            f"for the default biases), got {chrono!r}"
-        )
 
 
 class LSTMCell(Cell):

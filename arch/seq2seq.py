@@ -39,7 +39,8 @@ import jax.numpy as jnp
 
 from arch.attention import attend
 from arch.errors import ConfigError
-from arch.rnn_cells import CELLS, Cell, State, check_chrono, matmul
+from arch.layers import check_chrono
+from arch.rnn_cells import CELLS, Cell, State, matmul
 from arch.rnn_layer import RNN
 
 AttentionKind = Literal["none", "bahdanau", "luong_dot", "luong_general"]

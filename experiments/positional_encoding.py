@@ -116,7 +116,7 @@ def per_position_accuracy(result: FitResult, task) -> list[float] | None:
 def train_model(name: TaskName, positional: Positional, task, config: Config, out: str) -> dict:
     """Train one encoder with one positional encoding once per seed; its test accuracy (mean
     over seeds), size, times and validation curve."""
-    anchor = getattr(task, "anchor", False)
+    anchor = isinstance(task, AnchoredReverse)
     # the classifier's [CLS] token; the anchor token of an anchored reverse
     max_len = task.length + (name == "sorted" or anchor)
     model = MODELS[MODEL_OF_TASK[name]](
