@@ -57,7 +57,7 @@ class Config(TrainingConfig):
     max_length: int = 64
     """Longest training source (>= the longest test length, so that it is not at the edge)."""
     num_words: int = 20
-    steps: int = 1200
+    steps: int = 2400
     batch_size: int = 64
     hidden_size: int = 64
     """n of the Bahdanau GRU encoder-decoder (each direction of the encoder, and the decoder)."""
