@@ -204,6 +204,47 @@ def test_gpt2_initialisation_statistics_of_a_measurable_model():
     assert kernel.std() == pytest.approx(1 / 16, rel=0.03)
 
 
+@pytest.mark.parametrize(
+    "positional, embed_scale, scaled",
+    [
+        ("sinusoidal", "auto", True),  # the 2017 paper's: positions of amplitude 1, rows x sqrt(d)
+        ("learned", "auto", False),  # GPT-2's: a learned table of the embeddings' own scale
+        ("rotary", "auto", False),
+        ("learned", "sqrt_d", True),
+        ("sinusoidal", "none", False),
+    ],
+)
+def test_embed_scale_multiplies_the_looked_up_rows_and_the_tied_head_reads_the_plain_table(
+    positional, embed_scale, scaled
+):
+    model = TransformerLM(**TOKEN_MODEL, positional=positional, embed_scale=embed_scale)
+    tokens = jnp.array([[3, 1, 4, 1, 5, 9]])  # [b, t]
+    params = model.init(KEY, tokens)["params"]
+    _, state = model.apply(
+        {"params": params}, tokens, capture_intermediates=True, mutable=["intermediates"]
+    )
+    captured = state["intermediates"]
+    table = np.asarray(params["embedding"]["embedding"])  # [v, d]
+    rows = table[np.asarray(tokens)]  # [b, t, d]
+    np.testing.assert_array_equal(captured["embedding"]["__call__"][0], rows)
+    added = np.asarray(captured["positions"]["__call__"][0])  # rows (scaled or not) + positions
+    multiplier = np.sqrt(D) if scaled else 1.0
+    if positional == "sinusoidal":
+        angles = np.arange(T)[:, None] / 10000 ** (np.arange(0, D, 2) / D)  # [t, d/2]
+        table_of_positions = np.zeros((T, D))
+        table_of_positions[:, 0::2], table_of_positions[:, 1::2] = np.sin(angles), np.cos(angles)
+        np.testing.assert_allclose(added, multiplier * rows + table_of_positions, atol=1e-6)
+    elif positional == "learned":
+        learned = np.asarray(params["positions"]["table"]["embedding"])[:T]
+        np.testing.assert_allclose(added, multiplier * rows + learned, atol=1e-6)
+    else:  # rotary positions act inside attention: the rows pass unchanged
+        np.testing.assert_allclose(added, multiplier * rows, atol=1e-6)
+    # the tied output layer is x E^T with the unscaled table, whatever embed_scale says
+    x = jax.random.normal(jax.random.key(1), (B, T, D))
+    logits = model.apply({"params": params}, x, method=lambda m, y: m.logits(y))
+    np.testing.assert_allclose(logits, np.asarray(x) @ table.T, rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_initializer_and_embed_scale_are_named():
     with pytest.raises(ConfigError, match=r"unknown initializer 'xavier'; choose one of"):
         jax.eval_shape(TransformerLM(**TOKEN_MODEL, initializer="xavier").init, KEY, BYTES)
