@@ -34,7 +34,8 @@ if __name__ == "__main__":  # before the imports below, which take seconds
     handle_signals("during start-up, before anything was written")
 
 import dataclasses  # noqa: E402
-from typing import Annotated, Union  # noqa: E402
+import json  # noqa: E402
+from typing import Annotated, Literal, Union  # noqa: E402
 
 import tyro  # noqa: E402
 
@@ -42,10 +43,11 @@ from arch import MODELS, describe  # noqa: E402
 from arch.errors import ConfigError  # noqa: E402
 from train.checkpoint import CheckpointConfig  # noqa: E402
 from train.guards import NonFiniteError, Preempted  # noqa: E402
+from train.load import evaluate_run, load_run  # noqa: E402
 from train.loop import RunConfig, fit  # noqa: E402
 from train.optim import OptimConfig  # noqa: E402
 from train.report import format_table  # noqa: E402
-from train.rundir import StorageError  # noqa: E402
+from train.rundir import StorageError, write_atomically  # noqa: E402
 from train.sharding import ShardingConfig, initialize_distributed  # noqa: E402
 from train.tasks import TASKS, describe_task  # noqa: E402
 from train.validate import unknown_name  # noqa: E402
@@ -75,6 +77,34 @@ class Command:
     sharding: ShardingConfig = ShardingConfig()
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalCommand:
+    """`python -m train eval RUN_DIR`: a run's checkpoint evaluated on one split (every
+    example); prints the metrics and writes them to RUN_DIR/eval/SPLIT-STEP.json."""
+
+    run_dir: tyro.conf.Positional[str]
+    split: Literal["test", "validation", "train"] = "test"
+    step: str = "latest"
+    """"latest", "best" (by the run's checkpoint.best_metric among the kept checkpoints) or a
+    step number."""
+
+
+def evaluate_command(argv: list[str]) -> dict:
+    command = tyro.cli(EvalCommand, args=argv, prog="python -m train eval")
+    loaded = load_run(command.run_dir, command.step)
+    metrics = evaluate_run(loaded, command.split)
+    print(format_table([{"split": command.split, **metrics}]))
+    path = os.path.join(command.run_dir, "eval", f"{command.split}-{loaded.step}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    record = {"step": loaded.step, "split": command.split, "metrics": metrics}
+    write_atomically(path, json.dumps(record, indent=2))
+    print(
+        f"{loaded.model_name} on {loaded.task_name} at step {loaded.step} of "
+        f"{command.run_dir}; written to {path}"
+    )
+    return record
+
+
 def listing() -> str:
     width = max(map(len, [*MODELS, *TASKS])) + 2
     lines = ["models:"] + [f"  {n:<{width}}{describe(c)}" for n, c in MODELS.items()]
@@ -91,6 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     if argv[:1] == ["--list"]:
         print(listing())
         return {}
+    if argv[:1] == ["eval"]:
+        try:
+            return evaluate_command(argv[1:])
+        except (ConfigError, StorageError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
     for position, (kind, registry) in enumerate((("model", MODELS), ("task", TASKS))):
         name = argv[position] if len(argv) > position else "-"
         if not name.startswith("-") and name not in registry:

@@ -136,6 +136,24 @@ class Restored:
     """How many updates in a row were skipped as non-finite up to this step."""
 
 
+def restored_from(arrays: dict[str, Any], meta: dict[str, Any], step: int) -> Restored:
+    """A checkpoint's restored "state" arrays and "meta" as the state and position to go on."""
+    rng = arrays["rng_key_data"]
+    if meta.get("rng_impl"):
+        rng = jax.random.wrap_key_data(rng, impl=meta["rng_impl"])
+    state = TrainState(
+        step=arrays["step"],
+        params=arrays["params"],
+        model_state=arrays["model_state"],
+        opt_state=arrays["opt_state"],
+        rng=rng,
+    )
+    position = DataPosition(**meta["position"])
+    pending = [{k: np.float32(v) for k, v in m.items()} for m in meta["pending"]]
+    in_a_row = meta.get("skipped_in_a_row", 0)
+    return Restored(state, position, meta["history"], pending, step, in_a_row)
+
+
 def error_reason(error: BaseException) -> str:
     """'ValueError: DATA_LOSS: Error reading ...': the type and the first line of the message."""
     return f"{type(error).__name__}: {os_reason(error)}"[:300]
@@ -385,21 +403,7 @@ class Checkpoints:
                 continue
             for bad_step, error in failures:
                 self.set_aside(bad_step, error)
-            arrays, meta = loaded["state"], loaded["meta"]
-            rng = arrays["rng_key_data"]
-            if meta.get("rng_impl"):
-                rng = jax.random.wrap_key_data(rng, impl=meta["rng_impl"])
-            state = TrainState(
-                step=arrays["step"],
-                params=arrays["params"],
-                model_state=arrays["model_state"],
-                opt_state=arrays["opt_state"],
-                rng=rng,
-            )
-            position = DataPosition(**meta["position"])
-            pending = [{k: np.float32(v) for k, v in m.items()} for m in meta["pending"]]
-            in_a_row = meta.get("skipped_in_a_row", 0)
-            return Restored(state, position, meta["history"], pending, step, in_a_row)
+            return restored_from(loaded["state"], loaded["meta"], step)
         if failures:
             reasons = "; ".join(f"step {s}: {error_reason(e)}" for s, e in failures)
             raise ConfigError(

@@ -1,0 +1,235 @@
+"""A run directory back as what trained it: `load_run` rebuilds the registered model and task,
+the optimizer and run configurations from the checkpoint's saved configuration, and restores
+the train state of the latest, the best or a given checkpoint, reading only (nothing in the
+directory is moved or written). `evaluate_run` evaluates such a checkpoint on one split.
+
+The configuration is JSON (lists for tuples, dicts for nested dataclasses); `from_fields` turns
+it back into the frozen dataclasses by their type hints. The state lands on one device (the
+first local one), whatever devices the saving run used.
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any, Literal, Union
+
+import flax.linen as nn
+import jax
+import orbax.checkpoint as ocp
+
+from arch import MODELS
+from arch.errors import ConfigError
+from train.checkpoint import (
+    Restored,
+    error_reason,
+    handlers,
+    quiet_orbax,
+    restored_from,
+    state_arrays,
+)
+from train.loop import evaluate, prepare
+from train.optim import OptimConfig
+from train.run_config import RunConfig
+from train.state import TrainState
+from train.step import make_eval_step
+from train.tasks import TASKS
+from train.tasks.base import SPLITS, Task
+
+Step = int | Literal["latest", "best"] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """A run directory's checkpoint with everything needed to use it."""
+
+    run_dir: str
+    model_name: str
+    """The registry name (`python -m train MODEL ...`)."""
+    task_name: str
+    model: nn.Module
+    """As trained (num_outputs set from the task)."""
+    task: Task
+    optim: OptimConfig
+    run: RunConfig
+    config: dict[str, Any]
+    """The configuration the checkpoint was saved with (config.json's layout)."""
+    step: int
+    state: TrainState
+    history: list[dict[str, Any]]
+    """The records logged up to the checkpoint (metrics.jsonl's)."""
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The variables to pass to `model.apply`."""
+        return self.state.variables
+
+
+def convert(hint: Any, value: Any) -> Any:
+    """A JSON value as the type `hint` asks for: lists to tuples, dicts to dataclasses."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        return convert(typing.get_args(hint)[0], value)
+    if origin in (Union, types.UnionType):
+        for member in typing.get_args(hint):
+            is_tuple = typing.get_origin(member) is tuple or member is tuple
+            if (isinstance(value, list) and is_tuple) or (
+                isinstance(value, dict) and dataclasses.is_dataclass(member)
+            ):
+                return convert(member, value)
+        return value
+    if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+        return from_fields(hint, value)
+    if isinstance(value, list) and (origin is tuple or hint is tuple):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(args[0], v) for v in value)
+        if args and len(args) == len(value):
+            return tuple(convert(a, v) for a, v in zip(args, value, strict=True))
+        return tuple(value)
+    return value
+
+
+def from_fields(cls: type, data: dict[str, Any]) -> Any:
+    """`cls(**data)` from a saved configuration (its "class" entry aside); a field `cls` does
+    not have is ConfigError (a configuration of other code)."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {k: v for k, v in data.items() if k != "class"}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ConfigError(
+            f"the saved configuration gives {cls.__name__} fields it does not have: "
+            f"{', '.join(unknown)} (saved by other code?)"
+        )
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return cls(**{k: convert(hints.get(k, Any), v) for k, v in fields.items()})
+
+
+def registered(registry: dict[str, type], kind: str, data: dict[str, Any]) -> tuple[str, Any]:
+    """(registry name, instance) of a saved model or task configuration."""
+    name = data.get("class")
+    for key, cls in registry.items():
+        if cls.__name__ == name:
+            return key, from_fields(cls, data)
+    raise ConfigError(f"the saved {kind} class {name!r} is not a registered {kind}")
+
+
+@contextlib.contextmanager
+def reader(directory: str) -> Iterator[ocp.CheckpointManager]:
+    with quiet_orbax(logging.CRITICAL):
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers())
+        try:
+            yield manager
+        finally:
+            manager.close()
+
+
+def read(manager: ocp.CheckpointManager, step: int, target: Any = None) -> Any:
+    """The "meta" of a checkpoint (target None), or its state arrays onto `target` and meta."""
+    items = {"meta": ocp.args.JsonRestore()}
+    if target is not None:
+        items["state"] = ocp.args.StandardRestore(target)
+    try:
+        loaded = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # noqa: BLE001 (any unreadable checkpoint)
+        raise ConfigError(
+            f"the checkpoint at step {step} in {manager.directory} cannot be read "
+            f"({error_reason(error)})"
+        ) from None
+    return loaded["meta"] if target is None else loaded
+
+
+def best_step(steps: list[int], meta: dict[str, Any]) -> int:
+    """The kept checkpoint with the best validation `checkpoint.best_metric`."""
+    rule = meta["config"]["run"]["checkpoint"]
+    metric, sign = rule["best_metric"], (1 if rule["best_mode"] == "min" else -1)
+    scored = {
+        r["step"]: sign * r[metric]
+        for r in meta["history"]
+        if r["split"] == "validation" and r["step"] in steps and metric in r
+    }
+    if not scored:
+        raise ConfigError(
+            f"no kept checkpoint has a validation {metric!r} to rank it by (steps "
+            f"{', '.join(map(str, steps))}); give a step number"
+        )
+    return min(scored, key=lambda s: (scored[s], -s))
+
+
+def choose_step(manager: ocp.CheckpointManager, run_dir: str, step: Step) -> tuple[int, dict]:
+    """The step asked for among the complete checkpoints, and its meta."""
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise ConfigError(f"{run_dir} holds no complete checkpoint")
+    if step in (None, "latest", "best"):
+        failures = []
+        for latest in reversed(steps):  # the latest readable one
+            try:
+                meta = read(manager, latest)
+            except ConfigError as error:
+                failures.append(str(error))
+                continue
+            if step != "best":
+                return latest, meta
+            chosen = best_step(steps, meta)
+            return chosen, read(manager, chosen)
+        raise ConfigError(f"no checkpoint in {run_dir} can be read: {'; '.join(failures)}")
+    if isinstance(step, str) and not step.isdigit():
+        raise ConfigError(f"step must be a number, 'latest' or 'best', got {step!r}")
+    if int(step) not in steps:
+        raise ConfigError(
+            f"{run_dir} has no checkpoint at step {step} (it keeps steps "
+            f"{', '.join(map(str, steps))})"
+        )
+    return int(step), read(manager, int(step))
+
+
+def load_run(run_dir: str, step: Step = None) -> LoadedRun:
+    """The run in `run_dir` at its latest checkpoint (`step` None or "latest"), its best
+    ("best": by the run's checkpoint.best_metric among the kept ones) or a given step."""
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"no run directory at {run_dir}")
+    directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"{run_dir} has no checkpoints directory: it is not a run directory, or its run "
+            "had checkpoints off"
+        )
+    with reader(directory) as manager:
+        chosen, meta = choose_step(manager, run_dir, step)
+        config = meta["config"]
+        try:
+            model_name, model = registered(MODELS, "model", config["model"])
+            task_name, task = registered(TASKS, "task", config["task"])
+            optim = from_fields(OptimConfig, config["optim"])
+            run = from_fields(RunConfig, config["run"])
+        except (KeyError, TypeError) as error:
+            raise ConfigError(
+                f"the configuration saved at step {chosen} in {run_dir} is not a run's "
+                f"({error_reason(error)})"
+            ) from None
+        prepared = prepare(model, task, optim, dataclasses.replace(run, run_dir=None), None)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+            jax.eval_shape(state_arrays, prepared.abstract),
+        )
+        loaded = read(manager, chosen, target)
+    restored: Restored = restored_from(loaded["state"], loaded["meta"], chosen)
+    return LoadedRun(
+        run_dir, model_name, task_name, prepared.model, task, optim, run, config, chosen,
+        restored.state, restored.history,
+    )  # fmt: skip
+
+
+def evaluate_run(loaded: LoadedRun, split: str = "test") -> dict[str, float]:
+    """The metrics of a loaded checkpoint on every example of `split`, as fit() computes its
+    final ones."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    eval_step = make_eval_step(loaded.model, loaded.task)
+    return evaluate(eval_step, loaded.state, loaded.task, split, loaded.run.eval_batch_size)
