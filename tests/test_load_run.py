@@ -200,3 +200,73 @@ def test_a_run_with_eval_files_still_resumes(runs, tmp_path):
     main(["eval", str(run_dir)])
     summary = train("lstm-markov", run_dir)  # the finished run, run again: resumed, evaluated
     assert summary["resumed_from"] == 12 and summary["final"] == runs["lstm-markov"][1]["final"]
+
+
+# python -m train sample
+
+
+def test_sample_at_temperature_0_is_generate_on_the_restored_variables(runs, capsys):
+    from arch.decoding import generate
+
+    run_dir, _ = runs["gpt-markov"]
+    record = main(["sample", str(run_dir), "--prompt", "1 2 3", "--num-tokens", "6",
+                   "--temperature", "0"])  # fmt: skip
+    loaded = load_run(str(run_dir))
+    expected = generate(loaded.model, loaded.variables, np.array([[1, 2, 3]]), 6)
+    assert record["tokens"] == np.asarray(expected)[0, 3:].tolist()
+    assert capsys.readouterr().out.split() == [str(t) for t in [1, 2, 3, *record["tokens"]]]
+
+
+def test_sampling_with_a_seed_is_generate_with_that_key(runs):
+    from arch.decoding import generate
+
+    run_dir, _ = runs["lstm-markov"]
+    argv = ["sample", str(run_dir), "--prompt", "4", "--num-tokens", "8", "--temperature", "1.0",
+            "--top-k", "3", "--seed", "5"]  # fmt: skip
+    record = main(argv)
+    loaded = load_run(str(run_dir))
+    expected = generate(loaded.model, loaded.variables, np.array([[4]]), 8, jax.random.key(5), 1.0, 3)
+    assert record["tokens"] == np.asarray(expected)[0, 1:].tolist()
+    assert main(argv)["tokens"] == record["tokens"]  # the same seed, the same sample
+
+
+def test_a_byte_level_run_samples_text(tmp_path, capsys):
+    path = tmp_path / "text.txt"
+    path.write_text("abcabcabd " * 300)
+    model = MODELS["gpt"](num_layers=1, features=16, num_heads=2, max_len=32)
+    task = TASKS["text"](path=str(path), length=16, batch_size=8, num_eval=8)
+    run = RunConfig(steps=4, eval_every=4, log_every=4, run_dir=str(tmp_path / "run"),
+                    progress="off", tensorboard=False)  # fmt: skip
+    fit(model, task, OptimConfig(), run)
+    record = main(["sample", run.run_dir, "--prompt", "abc", "--num-tokens", "10",
+                   "--temperature", "0"])  # fmt: skip
+    assert record["prompt"] == list(b"abc") and len(record["tokens"]) == 10
+    printed = capsys.readouterr().out
+    assert printed == "abc" + bytes(record["tokens"]).decode("utf-8", errors="replace") + "\n"
+
+
+def test_a_seq2seq_run_translates_its_source(runs, capsys):
+    run_dir, _ = runs["seq2seq-translation"]
+    loaded = load_run(str(run_dir))
+    source = [3, 5, 7, 4]
+    record = main(["sample", str(run_dir), "--source", "3 5 7 4", "--beam-width", "2"])
+    padded = np.zeros((1, loaded.task.max_length), np.int32)
+    padded[0, :4] = source
+    inputs = {"source": padded, "source_mask": padded > 0}
+    expected = loaded.task.decode(loaded.model, loaded.variables, inputs, beam_width=2)[0].tolist()
+    assert record["tokens"] == (expected[: expected.index(2)] if 2 in expected else expected)
+    assert capsys.readouterr().out.split() == [str(t) for t in record["tokens"]]
+    assert "source ids must lie in [3, 9)" in cli_error(capsys, ["sample", str(run_dir), "--source", "3 99"])
+
+
+def test_sample_refuses_what_cannot_be_sampled(runs, capsys):
+    mlp, _ = runs["mlp-digits"]
+    assert "mlp does not generate a continuation" in cli_error(capsys, ["sample", str(mlp)])
+    gpt, _ = runs["gpt-markov"]
+    assert "prompt token ids must lie in [0, 8)" in cli_error(
+        capsys, ["sample", str(gpt), "--prompt", "1 9"]
+    )
+    assert "--prompt takes space-separated token ids" in cli_error(
+        capsys, ["sample", str(gpt), "--prompt", "hello"]
+    )
+    assert "a prompt of at least one token" in cli_error(capsys, ["sample", str(gpt)])

@@ -49,3 +49,18 @@ def test_default_command_reaches_the_stated_accuracy_on_digits(tmp_path, model, 
     )
     assert summary["steps"] == 1000
     assert summary["final"]["test"]["accuracy"] >= bar
+
+
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["mlp", "digits", "--help"], "usage: python -m train mlp digits "),
+        (["eval", "--help"], "usage: python -m train eval [-h] RUN_DIR"),
+        (["sample", "--help"], "usage: python -m train sample [-h] [OPTIONS] RUN_DIR"),
+    ],
+)
+def test_help_names_the_command_a_user_types(argv, usage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(usage)

@@ -1,4 +1,5 @@
-"""`python -m train MODEL TASK [options]`: train any registered model on any registered task.
+"""`python -m train MODEL TASK [options]`: train any registered model on any registered task;
+`python -m train eval RUN_DIR` / `sample RUN_DIR`: evaluate or sample a trained run.
 
 Every field of the model, the task, the optimizer and the run is an option
 (`--model.hidden-sizes 256 256 --task.batch-size 32 --optim.lr 3e-4 --steps 2000`);
@@ -43,7 +44,14 @@ from arch import MODELS, describe  # noqa: E402
 from arch.errors import ConfigError  # noqa: E402
 from train.checkpoint import CheckpointConfig  # noqa: E402
 from train.guards import NonFiniteError, Preempted  # noqa: E402
-from train.load import evaluate_run, load_run  # noqa: E402
+from train.load import (  # noqa: E402
+    evaluate_run,
+    is_bytes,
+    load_run,
+    sample_run,
+    translate_run,
+    translates,
+)
 from train.loop import RunConfig, fit  # noqa: E402
 from train.optim import OptimConfig  # noqa: E402
 from train.report import format_table  # noqa: E402
@@ -82,7 +90,7 @@ class EvalCommand:
     """`python -m train eval RUN_DIR`: a run's checkpoint evaluated on one split (every
     example); prints the metrics and writes them to RUN_DIR/eval/SPLIT-STEP.json."""
 
-    run_dir: tyro.conf.Positional[str]
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     split: Literal["test", "validation", "train"] = "test"
     step: str = "latest"
     """"latest", "best" (by the run's checkpoint.best_metric among the kept checkpoints) or a
@@ -105,6 +113,66 @@ def evaluate_command(argv: list[str]) -> dict:
     return record
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleCommand:
+    """`python -m train sample RUN_DIR`: continue a prompt with a run's language model (text
+    for byte-level tasks, token ids otherwise), or translate --source with a seq2seq run."""
+
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    prompt: str = ""
+    """Text (byte-level tasks) or space-separated token ids."""
+    prompt_file: str | None = None
+    """Read the prompt from this file instead."""
+    num_tokens: int = 200
+    temperature: float = 0.8
+    """0: greedy decoding."""
+    top_k: int | None = None
+    seed: int = 0
+    step: str = "latest"
+    """"latest", "best" or a step number."""
+    source: str = ""
+    """Seq2seq runs: the source's space-separated word ids."""
+    beam_width: int = 1
+    length_penalty: float = 0.0
+
+
+def token_ids(text: str, option: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split()]
+    except ValueError:
+        raise ConfigError(f"{option} takes space-separated token ids, got {text!r}") from None
+
+
+def sample_command(argv: list[str]) -> dict:
+    command = tyro.cli(SampleCommand, args=argv, prog="python -m train sample")
+    loaded = load_run(command.run_dir, command.step)
+    if translates(loaded):  # an encoder-decoder translates its source
+        source = token_ids(command.source, "--source")
+        tokens = translate_run(loaded, source, command.beam_width, command.length_penalty)
+        print(" ".join(map(str, tokens)))
+        return {"step": loaded.step, "source": source, "tokens": tokens}
+    prompt = command.prompt
+    if command.prompt_file is not None:
+        try:
+            with open(command.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except OSError as error:
+            raise ConfigError(f"cannot read --prompt-file: {error}") from None
+    text = is_bytes(loaded.task)
+    ids = list(prompt.encode("utf-8")) if text else token_ids(prompt, "--prompt")
+    tokens = sample_run(
+        loaded, ids, command.num_tokens, command.temperature, command.top_k, command.seed
+    )
+    if text:
+        print(prompt + bytes(tokens).decode("utf-8", errors="replace"))
+    else:
+        print(" ".join(map(str, ids + tokens)))
+    return {"step": loaded.step, "prompt": ids, "tokens": tokens}
+
+
+VERBS = {"eval": evaluate_command, "sample": sample_command}
+
+
 def listing() -> str:
     width = max(map(len, [*MODELS, *TASKS])) + 2
     lines = ["models:"] + [f"  {n:<{width}}{describe(c)}" for n, c in MODELS.items()]
@@ -121,9 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     if argv[:1] == ["--list"]:
         print(listing())
         return {}
-    if argv[:1] == ["eval"]:
+    if argv[:1] and argv[0] in VERBS:
         try:
-            return evaluate_command(argv[1:])
+            return VERBS[argv[0]](argv[1:])
         except (ConfigError, StorageError) as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
@@ -138,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
             args=argv,
             config=(tyro.conf.CascadeSubcommandArgs,),
             description=__doc__.splitlines()[0],
+            prog="python -m train",
         )
         run = dataclasses.replace(
             command.run, checkpoint=command.checkpoint, sharding=command.sharding

@@ -19,9 +19,12 @@ from typing import Any, Literal, Union
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from arch import MODELS
+from arch.decoding import generate
 from arch.errors import ConfigError
 from train.checkpoint import (
     Restored,
@@ -38,6 +41,8 @@ from train.state import TrainState
 from train.step import make_eval_step
 from train.tasks import TASKS
 from train.tasks.base import SPLITS, Task
+from train.tasks.language import TextFile
+from train.tasks.translation import EOS, FIRST_WORD, PAD
 
 Step = int | Literal["latest", "best"] | None
 
@@ -233,3 +238,66 @@ def evaluate_run(loaded: LoadedRun, split: str = "test") -> dict[str, float]:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     eval_step = make_eval_step(loaded.model, loaded.task)
     return evaluate(eval_step, loaded.state, loaded.task, split, loaded.run.eval_batch_size)
+
+
+def is_bytes(task: Task) -> bool:
+    """Whether a task's tokens are a text's bytes (prompts and samples are then text)."""
+    return isinstance(task, TextFile)
+
+
+def translates(loaded: LoadedRun) -> bool:
+    """Whether the run is a seq2seq model on a task that decodes sources (translation)."""
+    return hasattr(loaded.task, "decode") and hasattr(loaded.model, "encode")
+
+
+def sample_run(
+    loaded: LoadedRun,
+    prompt: list[int],
+    num_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> list[int]:
+    """A language model's continuation of the token ids `prompt` by `num_tokens` tokens
+    (temperature 0: greedy; else sampled with `seed`), through arch.decoding.generate."""
+    if not hasattr(loaded.model, "decode_step") or translates(loaded):
+        raise ConfigError(
+            f"{loaded.model_name} does not generate a continuation (sample works for the "
+            "models with init_cache / decode_step: gpt, rnn_lm, linear_rnn_lm; a seq2seq "
+            "model translates --source)"
+        )
+    if not prompt or num_tokens < 1:
+        raise ConfigError("sample needs a prompt of at least one token and num_tokens >= 1")
+    vocab = loaded.task.vocab_size
+    if min(prompt) < 0 or max(prompt) >= vocab:
+        raise ConfigError(f"prompt token ids must lie in [0, {vocab}), got {prompt}")
+    tokens = generate(
+        loaded.model,
+        loaded.variables,
+        jnp.asarray([prompt], jnp.int32),
+        num_tokens,
+        jax.random.key(seed),
+        temperature,
+        top_k,
+    )
+    return np.asarray(tokens)[0, len(prompt):].tolist()
+
+
+def translate_run(
+    loaded: LoadedRun, source: list[int], beam_width: int = 1, length_penalty: float = 0.0
+) -> list[int]:
+    """A seq2seq run's translation of the source ids (greedy, or beam search), up to its EOS."""
+    task = loaded.task
+    if not translates(loaded):
+        raise ConfigError(f"{loaded.model_name} on {loaded.task_name} does not translate")
+    if not 1 <= len(source) <= task.max_length:
+        raise ConfigError(f"a source of 1 to {task.max_length} ids is needed, got {len(source)}")
+    words = range(FIRST_WORD, FIRST_WORD + task.num_words)
+    if not set(source) <= set(words):
+        raise ConfigError(f"source ids must lie in [{words.start}, {words.stop}), got {source}")
+    padded = np.full((1, task.max_length), PAD, np.int32)
+    padded[0, : len(source)] = source
+    inputs = {"source": padded, "source_mask": np.arange(task.max_length)[None] < len(source)}
+    out = task.decode(loaded.model, loaded.variables, inputs, beam_width, length_penalty)
+    out = out[0].tolist()
+    return out[: out.index(EOS)] if EOS in out else out
