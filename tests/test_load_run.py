@@ -270,3 +270,50 @@ def test_sample_refuses_what_cannot_be_sampled(runs, capsys):
         capsys, ["sample", str(gpt), "--prompt", "hello"]
     )
     assert "a prompt of at least one token" in cli_error(capsys, ["sample", str(gpt)])
+
+
+# --init-from
+
+
+def test_init_from_starts_from_the_saved_parameters(runs, tmp_path):
+    from flax.traverse_util import flatten_dict
+
+    source, _ = runs["mlp-digits"]
+    saved = load_run(str(source), 8).state.params
+    # the hidden layers frozen: they stay where they started, so the result shows where that was
+    frozen = ["mlp", "digits", "--model.hidden-sizes", "16", "8", "--task.batch-size", "32",
+              "--optim.freeze", "^hidden", "--steps", "1", "--progress", "off",
+              "--no-tensorboard"]  # fmt: skip
+    main([*frozen, "--run-dir", str(tmp_path / "all"), "--init-from", f"{source}:8"])
+    tuned = load_run(str(tmp_path / "all")).state.params
+    for name in ("hidden_0", "hidden_1"):
+        jax.tree.map(np.testing.assert_array_equal, tuned[name], saved[name])
+    assert not np.array_equal(tuned["head"]["kernel"], saved["head"]["kernel"])  # trained on
+    main([*frozen, "--run-dir", str(tmp_path / "part"), "--init-from", str(source),
+          "--init-include", "^hidden_0/"])  # fmt: skip
+    part = flatten_dict(load_run(str(tmp_path / "part")).state.params, sep="/")
+    latest = flatten_dict(load_run(str(source)).state.params, sep="/")
+    for path, value in part.items():
+        if path.startswith("head/"):
+            continue  # trained for a step
+        if path.startswith("hidden_0/"):
+            np.testing.assert_array_equal(value, latest[path])
+        elif "kernel" in path:  # a fresh initialisation, not the source's
+            assert not np.array_equal(value, latest[path]), path
+        else:  # fresh biases are zeros
+            assert not np.any(value), path
+
+
+def test_init_from_a_differently_shaped_model_names_the_parameter(runs, capsys):
+    source, _ = runs["mlp-digits"]
+    wider = ["mlp", "digits", "--model.hidden-sizes", "32", "8", "--steps", "1",
+             "--init-from", str(source)]  # fmt: skip
+    assert "hidden_0/kernel has shape (64, 16), the model needs (64, 32)" in cli_error(
+        capsys, wider
+    )
+    assert "--init-include '^nothing' matches no parameter" in cli_error(
+        capsys, [*wider, "--init-include", "^nothing"]
+    )
+    assert "--init-include needs --init-from" in cli_error(
+        capsys, ["mlp", "digits", "--init-include", "x"]
+    )

@@ -49,6 +49,7 @@ from train.load import (  # noqa: E402
     is_bytes,
     load_run,
     sample_run,
+    saved_params,
     translate_run,
     translates,
 )
@@ -83,6 +84,12 @@ class Command:
     run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     sharding: ShardingConfig = ShardingConfig()
+    init_from: str | None = None
+    """Start from a saved run's parameters (fine-tuning, transfer): RUN_DIR or RUN_DIR:STEP
+    (a number, best or latest); a parameter whose shape differs is an error that names it."""
+    init_include: str | None = None
+    """With --init-from: take only the parameters whose path matches this regex (the rest
+    start fresh)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         if run.run_dir is None:
             name = f"{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
             run = dataclasses.replace(run, run_dir=f"runs/{name}")
-        result = fit(command.model, command.task, command.optim, run)
+        given = None
+        if command.init_from is not None:
+            given = saved_params(command.init_from, command.init_include)
+        elif command.init_include is not None:
+            raise ConfigError("--init-include needs --init-from")
+        result = fit(command.model, command.task, command.optim, run, given)
     except Preempted as stop:  # checkpoint saved: exit as a process killed by the signal would
         print(stop, file=sys.stderr)
         raise SystemExit(128 + stop.signal_number) from None

@@ -9,6 +9,7 @@ first local one), whatever devices the saving run used.
 """
 
 import contextlib
+import re
 import dataclasses
 import logging
 import os
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any, Literal, Union
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,6 +231,31 @@ def load_run(run_dir: str, step: Step = None) -> LoadedRun:
         run_dir, model_name, task_name, prepared.model, task, optim, run, config, chosen,
         restored.state, restored.history,
     )  # fmt: skip
+
+
+def saved_params(spec: str, include: str | None = None) -> dict[str, Any]:
+    """The parameters of a saved run, "RUN_DIR" (its latest checkpoint) or "RUN_DIR:STEP"
+    (a number, "best" or "latest"), for fit(init_params=...): all of them, or those whose
+    path ("decoder/blocks_0/self_attention/query/kernel") matches the regex `include`."""
+    run_dir, step = spec, None
+    head, _, tail = spec.rpartition(":")
+    if head and (tail.isdigit() or tail in ("best", "latest")):
+        run_dir, step = head, tail
+    params = load_run(run_dir, step).state.params
+    if include is None:
+        return params
+    try:
+        pattern = re.compile(include)
+    except re.error as error:
+        raise ConfigError(f"--init-include is not a regular expression: {error}") from None
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    chosen = {path: value for path, value in flat.items() if pattern.search(path)}
+    if not chosen:
+        shown = ", ".join(sorted(flat)[:8])
+        raise ConfigError(
+            f"--init-include {include!r} matches no parameter of {run_dir} ({shown}, ...)"
+        )
+    return flax.traverse_util.unflatten_dict(chosen, sep="/")
 
 
 def evaluate_run(loaded: LoadedRun, split: str = "test") -> dict[str, float]:

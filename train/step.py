@@ -178,12 +178,13 @@ def merge_params(fresh: PyTree, given: PyTree) -> PyTree:
     unknown = sorted(set(flat_given) - set(flat_fresh))
     if unknown:
         raise ConfigError(f"init_params has parameters the model lacks: {unknown}")
-    for path, value in flat_given.items():
-        if value.shape != flat_fresh[path].shape:
-            raise ConfigError(
-                f"init_params {path} has shape {value.shape}, the model needs "
-                f"{flat_fresh[path].shape}"
-            )
+    mismatched = [
+        f"{path} has shape {value.shape}, the model needs {flat_fresh[path].shape}"
+        for path, value in sorted(flat_given.items())
+        if value.shape != flat_fresh[path].shape
+    ]
+    if mismatched:
+        raise ConfigError(f"init_params {'; '.join(mismatched)}")
     # the model's param_dtype wins: a float32 checkpoint loads into a bfloat16 model
     given_cast = {path: value.astype(flat_fresh[path].dtype) for path, value in flat_given.items()}
     return flax.traverse_util.unflatten_dict({**flat_fresh, **given_cast}, sep="/")
