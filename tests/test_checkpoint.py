@@ -17,6 +17,7 @@ import pytest
 from train.checkpoint import CheckpointConfig, config_differences
 from train.guards import NonFiniteError
 from train.loop import ConfigMismatchError, fit
+from train.optim import OptimConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
 from resume_driver import case, configs, plant, poison  # noqa: E402
@@ -182,3 +183,25 @@ def test_a_checkpoint_restores_onto_four_devices(references):
     restored = drive("restore-sharded", run_dir, env={"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"})
     assert restored.returncode == 0, restored.stderr
     assert "restored onto 4 devices: identical" in restored.stdout
+
+
+def test_a_finished_constant_schedule_run_extends_without_force(tmp_path):
+    """Raising --steps of a finished run whose schedule is constant after its warm-up: the steps
+    taken keep their learning rates, so it is the same run, resumed; it ends as the longer run
+    trained straight through does, to the bit."""
+    model, task = case("mlp")
+    optim = OptimConfig(name="adamw", lr=3e-3, schedule="constant", warmup_steps=5)
+    _, run = configs(str(tmp_path / "extended"), False)
+    fit(model, task, optim, dataclasses.replace(run, steps=20))
+    extended = fit(model, task, optim, run)  # 45 steps, no --checkpoint.resume force
+    straight = fit(model, task, optim, dataclasses.replace(run, run_dir=str(tmp_path / "one")))
+    assert extended.summary["resumed_from"] == 20
+    assert_identical(extended, straight)
+
+
+def test_stretching_a_cosine_schedule_is_a_different_run(tmp_path):
+    model, task = case("mlp")
+    optim, run = configs(str(tmp_path / "cosine"), False)  # cosine decay over run.steps
+    fit(model, task, optim, dataclasses.replace(run, steps=20))
+    with pytest.raises(ConfigMismatchError, match=r"1 field differs: run.steps: 20 -> 45"):
+        fit(model, task, optim, run)

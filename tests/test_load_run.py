@@ -114,7 +114,7 @@ def loaded_position():
 def test_steps_latest_best_and_a_number(runs):
     run_dir, summary = runs["mlp-digits"]
     kept = sorted(int(s) for s in os.listdir(run_dir / "checkpoints") if s.isdigit())
-    history = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in history if r["split"] == "validation"}
     best = min(kept, key=lambda s: losses[s])
     assert load_run(str(run_dir), "best").step == best
@@ -159,7 +159,9 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_and_left_where_it_is(tmp_pat
     meta = json.loads(meta_file.read_text())
     meta["config"]["model"]["class"] = "Perceptronic"
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="the saved model class 'Perceptronic' is not a registered"):
+    with pytest.raises(
+        ConfigError, match="the saved model class 'Perceptronic' is not a registered"
+    ):
         load_run(str(run_dir), 8)
 
 
@@ -225,7 +227,9 @@ def test_sampling_with_a_seed_is_generate_with_that_key(runs):
             "--top-k", "3", "--seed", "5"]  # fmt: skip
     record = main(argv)
     loaded = load_run(str(run_dir))
-    expected = generate(loaded.model, loaded.variables, np.array([[4]]), 8, jax.random.key(5), 1.0, 3)
+    expected = generate(
+        loaded.model, loaded.variables, np.array([[4]]), 8, jax.random.key(5), 1.0, 3
+    )
     assert record["tokens"] == np.asarray(expected)[0, 1:].tolist()
     assert main(argv)["tokens"] == record["tokens"]  # the same seed, the same sample
 
@@ -256,7 +260,9 @@ def test_a_seq2seq_run_translates_its_source(runs, capsys):
     expected = loaded.task.decode(loaded.model, loaded.variables, inputs, beam_width=2)[0].tolist()
     assert record["tokens"] == (expected[: expected.index(2)] if 2 in expected else expected)
     assert capsys.readouterr().out.split() == [str(t) for t in record["tokens"]]
-    assert "source ids must lie in [3, 9)" in cli_error(capsys, ["sample", str(run_dir), "--source", "3 99"])
+    assert "source ids must lie in [3, 9)" in cli_error(
+        capsys, ["sample", str(run_dir), "--source", "3 99"]
+    )
 
 
 def test_sample_refuses_what_cannot_be_sampled(runs, capsys):
@@ -317,3 +323,15 @@ def test_init_from_a_differently_shaped_model_names_the_parameter(runs, capsys):
     assert "--init-include needs --init-from" in cli_error(
         capsys, ["mlp", "digits", "--init-include", "x"]
     )
+
+
+def test_running_a_finished_run_again_says_so_and_points_to_eval(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    argv = ["mlp", "digits", "--model.hidden-sizes", "8", "--steps", "4", "--eval-every", "4",
+            "--log-every", "4", "--progress", "off", "--run-dir", run_dir]  # fmt: skip
+    main(argv)
+    capsys.readouterr()
+    main(argv)
+    out = capsys.readouterr().out
+    assert "was already complete at step 4: nothing was trained" in out
+    assert f"python -m train eval {run_dir}" in out and "examples/s" not in out

@@ -243,6 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
         format_table([{"split": split, **metrics} for split, metrics in summary["final"].items()])
     )
     resumed = summary.get("resumed_from", 0)
+    if resumed == summary["steps"]:
+        print(
+            f"the run in {run.run_dir} was already complete at step {resumed}: nothing was "
+            "trained, its final metrics were evaluated again (`python -m train eval "
+            f"{run.run_dir}` evaluates a checkpoint; raise --steps to train on)"
+        )
+        return result.summary
     trained = (
         f"{summary['steps'] - resumed} steps after resuming at step {resumed}"
         if resumed

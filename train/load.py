@@ -9,10 +9,10 @@ first local one), whatever devices the saving run used.
 """
 
 import contextlib
-import re
 import dataclasses
 import logging
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -307,7 +307,7 @@ def sample_run(
         temperature,
         top_k,
     )
-    return np.asarray(tokens)[0, len(prompt):].tolist()
+    return np.asarray(tokens)[0, len(prompt) :].tolist()
 
 
 def translate_run(

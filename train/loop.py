@@ -123,6 +123,7 @@ class Prepared:
     abstract: TrainState
     """The initial state's shapes and dtypes (jax.eval_shape: traced, not compiled)."""
     config: dict
+    optim: OptimConfig
 
 
 def validation_metric_names(model: nn.Module, task: Task, abstract: TrainState, batch_size: int):
@@ -161,7 +162,28 @@ def prepare(
                 "--checkpoint.best-metric to one of them, or --checkpoint.keep-best 0"
             )
     config = run_config_dict(model, task, optim, run)
-    return Prepared(model, batch, placement, tx, abstract, config)
+    return Prepared(model, batch, placement, tx, abstract, config, optim)
+
+
+def run_differences(saved: SavedRun, prepared: Prepared) -> list[str]:
+    """config_differences, less run.steps where the learning rates of the steps already taken
+    stay the same with the new count (a constant schedule after its warm-up): extending a
+    finished run, or shortening one not yet there, is then the same run. Where the schedule
+    stretches (cosine), the steps taken would have had other rates: it stays a difference."""
+    differences = config_differences(saved.config, prepared.config)
+    before, after, optim = (
+        saved.config["run"]["steps"],
+        prepared.config["run"]["steps"],
+        prepared.optim,
+    )
+    if before == after or saved.step is None or saved.step > after:
+        return differences
+    updates = [max(n // optim.accumulate, 1) for n in (before, after)]
+    taken = np.arange(saved.step // optim.accumulate + 1)  # the updates made so far
+    rates = [learning_rate_schedule(optim, n)(taken) for n in updates]
+    if np.array_equal(*rates):
+        return [d for d in differences if not d.startswith("run.steps:")]
+    return differences
 
 
 def check_resumable(saved: SavedRun | None, prepared: Prepared, run: RunConfig) -> None:
@@ -177,7 +199,7 @@ def check_resumable(saved: SavedRun | None, prepared: Prepared, run: RunConfig) 
             "restore them from a backup, or move the checkpoints directory away to start this "
             "run from step 0"
         )
-    differences = config_differences(saved.config, prepared.config)
+    differences = run_differences(saved, prepared)
     if differences and run.checkpoint.resume != "force":
         raise ConfigMismatchError(
             f"{run.run_dir} holds checkpoints of a differently configured run "
@@ -212,8 +234,10 @@ def begin(
     """The run has decided to start (`restored` None) or to resume: from here on the run
     directory belongs to it. Clears interrupted saves, writes config.json and opens the logs."""
     if restored is not None:
-        differences = config_differences(saved.config, prepared.config)
+        differences = run_differences(saved, prepared)
         differ = f" (configuration differs: {'; '.join(differences)})" if differences else ""
+        if saved.config["run"]["steps"] != run.steps and not differences:
+            differ = f" (steps {saved.config['run']['steps']} -> {run.steps}: the same schedule)"
         where = f"step {restored.step} in {checkpoints.directory}"
         say(f"resuming from the checkpoint at {where}{differ}")
     if checkpoints is not None:
