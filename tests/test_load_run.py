@@ -335,3 +335,50 @@ def test_running_a_finished_run_again_says_so_and_points_to_eval(tmp_path, capsy
     out = capsys.readouterr().out
     assert "was already complete at step 4: nothing was trained" in out
     assert f"python -m train eval {run_dir}" in out and "examples/s" not in out
+
+
+# --config FILE
+
+
+def test_a_runs_config_json_reproduces_it_in_another_directory(runs, tmp_path):
+    source, summary = runs["gpt-markov"]
+    config = str(source / "config.json")
+    again = main(["--config", config, "--run-dir", str(tmp_path / "b"), "--progress", "off"])
+    assert again["final"] == summary["final"] and again["steps"] == 12
+    saved = json.loads((source / "config.json").read_text())
+    copied = json.loads((tmp_path / "b" / "config.json").read_text())
+    saved["run"].pop("run_dir"), copied["run"].pop("run_dir")
+    assert copied == saved
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_a_toml_or_yaml_file_of_the_same_fields_with_options_over_it(tmp_path, suffix):
+    if suffix == ".yaml":
+        pytest.importorskip("yaml")
+        text = "model:\n  class: mlp\n  hidden_sizes: [12]\ntask:\n  class: Digits\n  batch_size: 16\noptim:\n  lr: 0.01\nrun:\n  steps: 40\n"  # noqa: E501
+    else:
+        text = '[model]\nclass = "mlp"\nhidden_sizes = [12]\n[task]\nclass = "Digits"\nbatch_size = 16\n[optim]\nlr = 0.01\n[run]\nsteps = 40\n'  # noqa: E501
+    path = tmp_path / f"run{suffix}"
+    path.write_text(text)
+    run_dir = tmp_path / "run"
+    main(["--config", str(path), "--steps", "3", "--task.batch-size", "8",
+          "--run-dir", str(run_dir), "--progress", "off"])  # fmt: skip
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["hidden_sizes"] == [12] and config["optim"]["lr"] == 0.01
+    assert (config["task"]["batch_size"], config["run"]["steps"]) == (8, 3)  # the options win
+
+
+def test_bad_config_files_are_one_clear_error(tmp_path, capsys):
+    assert "cannot read --config" in cli_error(capsys, ["--config", str(tmp_path / "none.json")])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert "cannot be parsed" in cli_error(capsys, ["--config", str(broken)])
+    partial = tmp_path / "partial.toml"
+    partial.write_text('[model]\nclass = "mlp"\n')
+    assert "needs a model and a task section" in cli_error(capsys, ["--config", str(partial)])
+    foreign = tmp_path / "foreign.toml"
+    foreign.write_text('[model]\nclass = "mlp"\nwidth = 3\n[task]\nclass = "digits"\n')
+    assert "gives MLP fields it does not have: width" in cli_error(
+        capsys, ["--config", str(foreign)]
+    )
+    assert "--config needs a file" in cli_error(capsys, ["--config"])

@@ -46,8 +46,11 @@ from train.checkpoint import CheckpointConfig  # noqa: E402
 from train.guards import NonFiniteError, Preempted  # noqa: E402
 from train.load import (  # noqa: E402
     evaluate_run,
+    from_fields,
     is_bytes,
     load_run,
+    read_config_file,
+    registered,
     sample_run,
     saved_params,
     translate_run,
@@ -180,6 +183,33 @@ def sample_command(argv: list[str]) -> dict:
 VERBS = {"eval": evaluate_command, "sample": sample_command}
 
 
+def config_defaults(argv: list[str]) -> tuple[Command | None, list[str]]:
+    """`--config FILE` taken out of argv and read as the Command the other options change."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            path = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+            rest = argv[:i] + argv[i + (1 if "=" in arg else 2) :]
+            break
+    else:
+        return None, argv
+    if not path:
+        raise ConfigError("--config needs a file: a run's config.json, or a TOML or YAML file")
+    data = read_config_file(path)
+    try:
+        run = from_fields(RunConfig, data.get("run", {}))
+        command = Command(
+            model=registered(MODELS, "model", data["model"])[1],
+            task=registered(TASKS, "task", data["task"])[1],
+            optim=from_fields(OptimConfig, data.get("optim", {})),
+            run=run,
+            checkpoint=run.checkpoint,
+            sharding=run.sharding,
+        )
+    except TypeError as error:
+        raise ConfigError(f"--config {path}: {error}") from None
+    return command, rest
+
+
 def listing() -> str:
     width = max(map(len, [*MODELS, *TASKS])) + 2
     lines = ["models:"] + [f"  {n:<{width}}{describe(c)}" for n, c in MODELS.items()]
@@ -202,15 +232,23 @@ def main(argv: list[str] | None = None) -> dict:
         except (ConfigError, StorageError) as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
+    try:
+        default, argv = config_defaults(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     for position, (kind, registry) in enumerate((("model", MODELS), ("task", TASKS))):
         name = argv[position] if len(argv) > position else "-"
-        if not name.startswith("-") and name not in registry:
+        if name.startswith("-"):  # options from here on (MODEL TASK come first, if at all)
+            break
+        if name not in registry:
             print(f"error: {unknown_name(kind, name, registry)}", file=sys.stderr)
             raise SystemExit(2)
     try:
         command = tyro.cli(
             Command,
             args=argv,
+            default=default,
             config=(tyro.conf.CascadeSubcommandArgs,),
             description=__doc__.splitlines()[0],
             prog="python -m train",

@@ -10,6 +10,7 @@ first local one), whatever devices the saving run used.
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -119,9 +120,43 @@ def registered(registry: dict[str, type], kind: str, data: dict[str, Any]) -> tu
     """(registry name, instance) of a saved model or task configuration."""
     name = data.get("class")
     for key, cls in registry.items():
-        if cls.__name__ == name:
+        if name in (cls.__name__, key):  # the class (config.json) or its registry name
             return key, from_fields(cls, data)
     raise ConfigError(f"the saved {kind} class {name!r} is not a registered {kind}")
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A run configuration file: a run's config.json, or a TOML or YAML file of the same
+    sections (model and task with their "class", a class or registry name; optim; run)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read --config {path}: {error.strerror}") from None
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(raw.decode())
+        elif path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError("a YAML --config needs PyYAML: pip install pyyaml") from None
+            try:
+                data = yaml.safe_load(raw)
+            except yaml.YAMLError as error:
+                raise ValueError(str(error)) from None
+        else:
+            data = json.loads(raw)
+    except ValueError as error:  # JSON's, TOML's and YAML's (and undecodable bytes)
+        raise ConfigError(f"--config {path} cannot be parsed: {error}") from None
+    sections = isinstance(data, dict) and all(
+        isinstance(data.get(k), dict) for k in ("model", "task")
+    )
+    if not sections:
+        raise ConfigError(f"--config {path} needs a model and a task section, each with a class")
+    return data
 
 
 @contextlib.contextmanager
