@@ -1,5 +1,7 @@
 """The model registry: name -> Module class. A model's dataclass fields are its configuration."""
 
+import re
+
 import flax.linen as nn
 
 from arch.cnn import Detector, LeNet, ResNet
@@ -43,8 +45,13 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def describe(cls: type) -> str:
-    """The first line of a class's docstring: its one-line description in listings."""
-    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    """The first sentence of a class's docstring (over as many lines as it takes): its
+    description in listings."""
+    paragraph = " ".join(
+        line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines()
+    )
+    sentence = re.match(r"(.+?\.)(\s|$)", paragraph)
+    return sentence.group(1) if sentence else paragraph
 
 
 __all__ = [

@@ -64,3 +64,12 @@ def test_help_names_the_command_a_user_types(argv, usage, capsys):
         main(argv)
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith(usage)
+
+
+def test_the_listing_gives_whole_sentences(capsys):
+    main(["--list"])
+    rows = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()]
+    described = [row for row in rows if len(row) == 2]
+    assert len(described) >= 30  # every model and task
+    for name, description in described:  # not cut where the docstring's first line wraps
+        assert description.endswith("."), (name, description)

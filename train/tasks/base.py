@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
+from arch import describe
 from arch.errors import ConfigError
 from train import losses
 
@@ -233,7 +234,8 @@ class BinaryClassificationLoss:
 
 
 def describe_task(cls: type) -> str:
-    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    """A task's description in listings: the first sentence of its docstring."""
+    return describe(cls)
 
 
 @runtime_checkable
