@@ -42,6 +42,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         history: list[dict[str, Any]] | None = None,
         first_step: int = 0,
+        config: dict[str, Any] | None = None,
     ):
         self.run_dir = run_dir
         self.records: list[dict[str, Any]] = list(history or [])
@@ -58,6 +59,9 @@ class MetricsLogger:
             from tensorboardX import SummaryWriter
 
             self.tensorboard = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            if config is not None:  # TensorBoard's Text tab; indented: shown as code
+                text = json.dumps(config, indent=2, default=str)
+                self.tensorboard.add_text("config", "    " + text.replace("\n", "\n    "), 0)
         if progress == "auto":
             progress = "bar" if sys.stderr.isatty() else "lines"
         self.progress = progress
@@ -93,6 +97,14 @@ class MetricsLogger:
                 self.bar.write(f"step {step} {split}: {format_metrics(metrics)}")
         elif self.progress == "lines":
             print(f"step {step} {split}: {format_metrics(metrics)}", flush=True)
+
+    def final(self, step: int, final: dict[str, dict[str, float]]) -> None:
+        """The final metrics of every split, as TensorBoard scalars final/SPLIT/METRIC (they
+        are summary.json's; metrics.jsonl keeps the logged records only)."""
+        if self.tensorboard:
+            for split, metrics in final.items():
+                for key, value in metrics.items():
+                    self.tensorboard.add_scalar(f"final/{split}/{key}", value, step)
 
     def message(self, text: str) -> None:
         if self.bar is not None:

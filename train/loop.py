@@ -171,16 +171,14 @@ def run_differences(saved: SavedRun, prepared: Prepared) -> list[str]:
     finished run, or shortening one not yet there, is then the same run. Where the schedule
     stretches (cosine), the steps taken would have had other rates: it stays a difference."""
     differences = config_differences(saved.config, prepared.config)
-    before, after, optim = (
-        saved.config["run"]["steps"],
-        prepared.config["run"]["steps"],
-        prepared.optim,
-    )
+    before, after = saved.config["run"]["steps"], prepared.config["run"]["steps"]
     if before == after or saved.step is None or saved.step > after:
         return differences
-    updates = [max(n // optim.accumulate, 1) for n in (before, after)]
+    optim = prepared.optim
     taken = np.arange(saved.step // optim.accumulate + 1)  # the updates made so far
-    rates = [learning_rate_schedule(optim, n)(taken) for n in updates]
+    rates = [
+        learning_rate_schedule(optim, max(n // optim.accumulate, 1))(taken) for n in (before, after)
+    ]
     if np.array_equal(*rates):
         return [d for d in differences if not d.startswith("run.steps:")]
     return differences
@@ -252,6 +250,7 @@ def begin(
         run.tensorboard,
         history=restored.history if restored is not None else None,
         first_step=restored.step if restored is not None else 0,
+        config=prepared.config,
     )
 
 
@@ -436,6 +435,7 @@ def train_loop(job: Job, state: TrainState, restored: Restored | None) -> dict[s
         split: evaluate(eval_step, state, task, split, run.eval_batch_size, place)
         for split in SPLITS
     }
+    logger.final(run.steps, final)
     saved = f"; its checkpoint is saved in {checkpoints.directory}" if checkpoints else ""
     signals.stop_if_received(
         f"during the final evaluation: stopped after the last step {run.steps}{saved}; run the "
