@@ -49,6 +49,7 @@ NOT_COMPARED = {
     "run.checkpoint.keep_last",
     "run.checkpoint.keep_best",
     "run.sharding.tensor_axes",  # where arrays live; runs saved before it existed resume
+    "run.profile",  # a trace of some steps; the same
 }
 """Fields that may change between a run and its resumption: they do not change the numbers."""
 

@@ -42,6 +42,7 @@ from train.optim import (
     learning_rate_schedule,
     make_optimizer,
 )
+from train.profiling import StepTrace
 from train.run_config import RunConfig
 from train.rundir import RunLock, write_atomically
 from train.runtime import enable_compilation_cache
@@ -166,10 +167,9 @@ def prepare(
 
 
 def run_differences(saved: SavedRun, prepared: Prepared) -> list[str]:
-    """config_differences, less run.steps where the learning rates of the steps already taken
-    stay the same with the new count (a constant schedule after its warm-up): extending a
-    finished run, or shortening one not yet there, is then the same run. Where the schedule
-    stretches (cosine), the steps taken would have had other rates: it stays a difference."""
+    """config_differences, less run.steps where the steps taken keep their learning rates with
+    the new count (constant after the warm-up: the same run, extended); a stretched cosine
+    would have given them other rates, so there it stays a difference."""
     differences = config_differences(saved.config, prepared.config)
     before, after = saved.config["run"]["steps"], prepared.config["run"]["steps"]
     if before == after or saved.step is None or saved.step > after:
@@ -372,10 +372,10 @@ def train_loop(job: Job, state: TrainState, restored: Restored | None) -> dict[s
     train_time, interval_start = 0.0, time.perf_counter()
     interval_first = first - len(pending)
     checked = len(pending)  # steps of `pending` already checked for non-finite values
-    signals = job.signals
+    signals, trace = job.signals, StepTrace(run.profile, run.steps, run.run_dir)
     signals.stop_if_received("during start-up: stopped before training", first)
     for step in range(first + 1, run.steps + 1):
-        state, metrics = train_step(state, batch)
+        state, metrics = trace(step, train_step, state, batch)
         pending.append(metrics)
         position = task.next_position(position)
         if step < run.steps:

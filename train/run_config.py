@@ -9,6 +9,7 @@ import tyro
 from arch.errors import ConfigError
 from train.checkpoint import CheckpointConfig
 from train.logger import Progress
+from train.profiling import profile_steps
 from train.sharding import ShardingConfig
 
 
@@ -37,6 +38,9 @@ class RunConfig:
     """Join a multi-process run (jax.distributed.initialize; `python -m train` calls it before
     touching a device): SLURM and TPU pods are detected, elsewhere set JAX_COORDINATOR_ADDRESS,
     JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    profile: str | None = None
+    """START:STOP: a jax.profiler trace of train steps START to STOP in RUN_DIR/profile (view it
+    with TensorBoard's profile plugin, or perfetto_trace.json.gz at ui.perfetto.dev)."""
     sharding: Annotated[ShardingConfig, tyro.conf.Suppress] = ShardingConfig()
     """The device mesh when more than one device is present (train/sharding.py); default:
     data parallel over every device."""
@@ -60,6 +64,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)} (set {flag})")
+        profile_steps(self.profile, self.steps)
         if self.run_dir is not None and not self.run_dir.strip():
             raise ConfigError(
                 "run_dir is empty; give --run-dir a directory (without --run-dir the command "
