@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 import jax.numpy as jnp  # noqa: E402
 
 from arch import MaskedLanguageModel, TransformerLM  # noqa: E402
+from train.hf import from_gpt2  # noqa: E402
 
 VOCAB, D, H, F, LAYERS, POSITIONS = 37, 32, 4, 64, 2, 16
 E = D // H
@@ -195,40 +196,6 @@ def gpt2_reference() -> "torch.nn.Module":
     return perturbed(transformers.GPT2LMHeadModel(config), seed=1)
 
 
-def conv1d(w: dict, prefix: str) -> dict:
-    """GPT-2's Conv1D stores its weight [in, out] already (x W + b)."""
-    return {"kernel": w[prefix + ".weight"], "bias": w[prefix + ".bias"]}
-
-
-def gpt2_params(w: dict) -> dict:
-    """GPT2LMHeadModel's state dict -> TransformerLM (tied: lm_head is wte)."""
-    params = {
-        "embedding": {"embedding": w["transformer.wte.weight"]},
-        "positions": {"table": {"embedding": w["transformer.wpe.weight"]}},
-        "decoder": {"final_norm": norm(w, "transformer.ln_f")},
-    }
-    for i in range(LAYERS):
-        layer = f"transformer.h.{i}."
-        qkv = conv1d(w, layer + "attn.c_attn")  # [d, 3 d]: query, key, value side by side
-        kernels = np.split(qkv["kernel"], 3, axis=1)
-        biases = np.split(qkv["bias"], 3)
-        attention = {
-            name: heads(kernel, bias)
-            for name, kernel, bias in zip(("query", "key", "value"), kernels, biases, strict=True)
-        }
-        attention["out"] = out_projection(*conv1d(w, layer + "attn.c_proj").values())
-        params["decoder"][f"blocks_{i}"] = {
-            "norms_0": norm(w, layer + "ln_1"),
-            "self_attention": attention,
-            "norms_1": norm(w, layer + "ln_2"),
-            "feed_forward": {
-                "hidden": conv1d(w, layer + "mlp.c_fc"),
-                "output": conv1d(w, layer + "mlp.c_proj"),
-            },
-        }
-    return params
-
-
 GPT2 = dict(
     SIZES,
     layer_norm_eps=1e-5,  # the rest is gpt's default: pre-norm, learned positions, tanh GELU
@@ -242,9 +209,40 @@ def test_gpt_equals_gpt2_lm_head_model():
         expected = reference(input_ids=torch.tensor(tokens)).logits.numpy()
     state = numpy_state(reference)
     np.testing.assert_array_equal(state["lm_head.weight"], state["transformer.wte.weight"])
-    variables = {"params": gpt2_params(state)}
-    logits = TransformerLM(**GPT2).apply(variables, jnp.asarray(tokens, jnp.int32))
+    model = TransformerLM(**GPT2)
+    variables = {"params": from_gpt2(model, state, "GPT2LMHeadModel")}  # train/hf.py's mapping
+    logits = model.apply(variables, jnp.asarray(tokens, jnp.int32))
     np.testing.assert_allclose(logits, expected, **TOLERANCE)
+
+
+def test_import_hf_and_export_hf_agree_with_gpt2_lm_head_model(tmp_path):
+    """save_pretrained's directory imported as a run computes the reference's logits, and the
+    run exported again loads into GPT2LMHeadModel.from_pretrained with every weight used."""
+    from train.__main__ import main
+    from train.load import load_run
+
+    reference = gpt2_reference()
+    reference.save_pretrained(tmp_path / "hf")
+    task = ["markov", "--task.vocab-size", str(VOCAB), "--task.length", str(POSITIONS)]
+    main(["import-hf", str(tmp_path / "hf"), *task, "--run-dir", str(tmp_path / "run")])
+    main(["export-hf", str(tmp_path / "run"), str(tmp_path / "out")])
+    loaded = load_run(str(tmp_path / "run"))
+    tokens = np.random.default_rng(3).integers(0, VOCAB, (B, POSITIONS))
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(tokens)).logits.numpy()
+    logits = loaded.model.apply(loaded.variables, jnp.asarray(tokens, jnp.int32))
+    np.testing.assert_allclose(logits, expected, **TOLERANCE)
+    exported, info = transformers.GPT2LMHeadModel.from_pretrained(
+        tmp_path / "out", output_loading_info=True, attn_implementation="eager"
+    )
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weight
+    original, back = numpy_state(reference), numpy_state(exported)
+    assert sorted(original) == sorted(back)
+    for name, value in original.items():  # the same weights, bit for bit
+        np.testing.assert_array_equal(back[name], value, err_msg=name)
+    with torch.no_grad():
+        theirs = exported.eval()(input_ids=torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_array_equal(theirs, expected)
 
 
 def test_gpt2_initialisation_has_the_references_statistics():

@@ -1,5 +1,6 @@
 """`python -m train MODEL TASK [options]`: train any registered model on any registered task;
-`python -m train eval RUN_DIR` / `sample RUN_DIR`: evaluate or sample a trained run.
+`python -m train eval RUN_DIR` / `sample RUN_DIR`: evaluate or sample a trained run;
+`import-hf PATH TASK --run-dir R` / `export-hf RUN_DIR PATH`: Hugging Face GPT-2 weights.
 
 Every field of the model, the task, the optimizer and the run is an option
 (`--model.hidden-sizes 256 256 --task.batch-size 32 --optim.lr 3e-4 --steps 2000`);
@@ -44,6 +45,7 @@ from arch import MODELS, describe  # noqa: E402
 from arch.errors import ConfigError  # noqa: E402
 from train.checkpoint import CheckpointConfig  # noqa: E402
 from train.guards import NonFiniteError, Preempted  # noqa: E402
+from train.hf import read_gpt2, save_imported_run, write_gpt2  # noqa: E402
 from train.load import (  # noqa: E402
     evaluate_run,
     from_fields,
@@ -180,7 +182,73 @@ def sample_command(argv: list[str]) -> dict:
     return {"step": loaded.step, "prompt": ids, "tokens": tokens}
 
 
-VERBS = {"eval": evaluate_command, "sample": sample_command}
+@dataclasses.dataclass(frozen=True)
+class ImportCommand:
+    """`python -m train import-hf PATH TASK --run-dir RUN_DIR`: a Hugging Face GPT-2 directory
+    (config.json, model.safetensors) as step 0 of a gpt run on TASK (whose vocabulary must be
+    the model's), which sample, eval, --init-from and `--config RUN_DIR/config.json` read."""
+
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PATH")]
+    """A directory with config.json and model.safetensors (what save_pretrained writes)."""
+    task: choices(TASKS, describe_task)
+    optim: OptimConfig = OptimConfig()
+    """The optimizer a run trained on from this checkpoint uses (its state starts fresh)."""
+    run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes] = RunConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
+def import_command(argv: list[str]) -> dict:
+    command = tyro.cli(
+        ImportCommand,
+        args=argv,
+        config=(tyro.conf.CascadeSubcommandArgs,),
+        prog="python -m train import-hf",
+    )
+    run = dataclasses.replace(command.run, checkpoint=command.checkpoint)
+    if run.run_dir is None:
+        raise ConfigError("import-hf needs --run-dir: the new run directory to write")
+    model, params = read_gpt2(command.path)
+    vocab = command.task.model_fields.get("vocab_size")
+    if vocab != model.vocab_size:
+        raise ConfigError(
+            f"the model in {command.path} reads {model.vocab_size} token ids and task "
+            f"{name_of(TASKS, command.task)} has {vocab}: choose a task of its vocabulary"
+        )
+    loaded = save_imported_run(model, params, command.task, command.optim, run)
+    print(
+        f"{command.path} imported as step 0 of gpt on {loaded.task_name} in {run.run_dir} "
+        f"({model.num_layers} layers, d {model.features}, {model.num_heads} heads, vocabulary "
+        f"{model.vocab_size}, {model.max_len} positions)"
+    )
+    return {"run_dir": run.run_dir, "step": loaded.step}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportCommand:
+    """`python -m train export-hf RUN_DIR PATH`: a gpt run's checkpoint as a Hugging Face GPT-2
+    directory (config.json, model.safetensors) that GPT2LMHeadModel.from_pretrained reads."""
+
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PATH")]
+    """The directory to write config.json and model.safetensors into."""
+    step: str = "latest"
+    """"latest", "best" or a step number."""
+
+
+def export_command(argv: list[str]) -> dict:
+    command = tyro.cli(ExportCommand, args=argv, prog="python -m train export-hf")
+    loaded = load_run(command.run_dir, command.step)
+    write_gpt2(command.path, loaded.model, loaded.state.params)
+    print(f"step {loaded.step} of {command.run_dir} written to {command.path} (GPT-2 layout)")
+    return {"step": loaded.step, "path": command.path}
+
+
+VERBS = {
+    "eval": evaluate_command,
+    "sample": sample_command,
+    "import-hf": import_command,
+    "export-hf": export_command,
+}
 
 
 def config_defaults(argv: list[str]) -> tuple[Command | None, list[str]]:
