@@ -26,11 +26,12 @@ import numpy as np
 
 from arch import MODELS
 from experiments.common.scaffold import Experiment, ExperimentConfig
-from train.loop import RunConfig, adapt_model, fit
+from train.loop import RunConfig, fit
 from train.optim import OptimConfig, OptimizerName, make_optimizer
 from train.report import figure, format_table, save_figure
 from train.step import apply_model, init_state
 from train.tasks import Digits
+from train.validate import adapt_model
 
 CLAIM = (
     "In a deep (10-layer) MLP, sigmoid gradients vanish toward the input layers while ReLU "

@@ -48,11 +48,12 @@ import optax
 from arch import MODELS
 from experiments.common.scaffold import Experiment, TrainingConfig
 from train.guards import NonFiniteError
-from train.loop import RunConfig, adapt_model, fit
+from train.loop import RunConfig, fit
 from train.optim import OptimConfig, make_optimizer
 from train.report import figure, format_table, save_figure
 from train.step import init_state, merge_params
 from train.tasks import Adding
+from train.validate import adapt_model
 
 CLAIM = (
     "The gradient of an Elman RNN's final hidden state with respect to an input decays "

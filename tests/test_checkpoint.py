@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from train.checkpoint import CheckpointConfig, config_differences
+from train.decide import ConfigMismatchError
 from train.guards import NonFiniteError
-from train.loop import ConfigMismatchError, fit
+from train.loop import fit
 from train.optim import OptimConfig
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -17,8 +17,9 @@ from arch import MODELS
 from arch.errors import ConfigError
 from train.__main__ import main
 from train.checkpoint import CheckpointConfig
+from train.decide import module_config
 from train.load import evaluate_run, from_fields, load_run
-from train.loop import RunConfig, fit, module_config
+from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS
 

@@ -35,8 +35,8 @@ import numpy as np
 from arch import TransformerLM
 from arch.errors import ConfigError
 from train.checkpoint import Checkpoints, inspect_checkpoints
+from train.decide import prepare
 from train.load import LoadedRun, load_run
-from train.loop import prepare
 from train.optim import OptimConfig
 from train.run_config import RunConfig
 from train.rundir import RunLock, StorageError, os_reason, write_atomically

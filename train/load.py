@@ -37,7 +37,8 @@ from train.checkpoint import (
     restored_from,
     state_arrays,
 )
-from train.loop import evaluate, prepare
+from train.decide import prepare
+from train.loop import evaluate
 from train.optim import OptimConfig
 from train.run_config import RunConfig
 from train.state import TrainState
