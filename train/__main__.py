@@ -9,6 +9,7 @@ task lists their options with defaults.
 """
 
 import atexit
+import contextlib
 import functools
 import os
 import signal
@@ -37,6 +38,7 @@ if __name__ == "__main__":  # before the imports below, which take seconds
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from typing import Annotated, Literal, Union  # noqa: E402
 
 import tyro  # noqa: E402
@@ -289,58 +291,62 @@ def name_of(registry: dict[str, type], obj: object) -> str:
     return next(name for name, cls in registry.items() if type(obj) is cls)
 
 
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """What the user can act on, as one line on standard error and no traceback: ConfigError
+    (status 2, as a usage error), StorageError and NonFiniteError (1); Preempted (its
+    checkpoint saved) as a process killed by the signal would exit, 128 + its number."""
+    try:
+        yield
+    except Preempted as stop:
+        print(stop, file=sys.stderr)
+        raise SystemExit(128 + stop.signal_number) from None
+    except (ConfigError, NonFiniteError, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--list"]:
         print(listing())
         return {}
-    if argv[:1] and argv[0] in VERBS:
-        try:
+    with one_line_errors():
+        if argv[:1] and argv[0] in VERBS:
             return VERBS[argv[0]](argv[1:])
-        except (ConfigError, StorageError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
-    try:
-        default, argv = config_defaults(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return train_command(argv)
+
+
+def train_command(argv: list[str]) -> dict:
+    """`python -m train [MODEL TASK] [--config FILE] [options]`: fit, then its report."""
+    default, argv = config_defaults(argv)
     for position, (kind, registry) in enumerate((("model", MODELS), ("task", TASKS))):
         name = argv[position] if len(argv) > position else "-"
         if name.startswith("-"):  # options from here on (MODEL TASK come first, if at all)
             break
         if name not in registry:
-            print(f"error: {unknown_name(kind, name, registry)}", file=sys.stderr)
-            raise SystemExit(2)
+            raise ConfigError(unknown_name(kind, name, registry))
+    command = tyro.cli(
+        Command,
+        args=argv,
+        default=default,
+        config=(tyro.conf.CascadeSubcommandArgs,),
+        description=__doc__.splitlines()[0],
+        prog="python -m train",
+    )
+    run = dataclasses.replace(command.run, checkpoint=command.checkpoint, sharding=command.sharding)
+    if run.distributed:
+        initialize_distributed()
+    if run.run_dir is None:
+        name = f"{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
+        run = dataclasses.replace(run, run_dir=f"runs/{name}")
+    given = None
+    if command.init_from is not None:
+        given = saved_params(command.init_from, command.init_include)
+    elif command.init_include is not None:
+        raise ConfigError("--init-include needs --init-from")
     try:
-        command = tyro.cli(
-            Command,
-            args=argv,
-            default=default,
-            config=(tyro.conf.CascadeSubcommandArgs,),
-            description=__doc__.splitlines()[0],
-            prog="python -m train",
-        )
-        run = dataclasses.replace(
-            command.run, checkpoint=command.checkpoint, sharding=command.sharding
-        )
-        if run.distributed:
-            initialize_distributed()
-        if run.run_dir is None:
-            name = f"{name_of(MODELS, command.model)}-{name_of(TASKS, command.task)}"
-            run = dataclasses.replace(run, run_dir=f"runs/{name}")
-        given = None
-        if command.init_from is not None:
-            given = saved_params(command.init_from, command.init_include)
-        elif command.init_include is not None:
-            raise ConfigError("--init-include needs --init-from")
         result = fit(command.model, command.task, command.optim, run, given)
-    except Preempted as stop:  # checkpoint saved: exit as a process killed by the signal would
-        print(stop, file=sys.stderr)
-        raise SystemExit(128 + stop.signal_number) from None
-    except (ConfigError, NonFiniteError, StorageError) as error:  # one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
     finally:
         if isinstance(signal.getsignal(signal.SIGTERM), functools.partial):  # the command line's
             handle_signals("after the run ended (its files are complete)")
