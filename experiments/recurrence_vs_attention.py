@@ -28,11 +28,10 @@ while every cache grows with L and its ms/token at the longest L is >= 1.5x the 
 
 import csv
 import dataclasses
-import math
+import functools
 import os
 import time
 from collections.abc import Collection, Sequence
-from functools import cache
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -40,14 +39,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch import MODELS
-from arch.errors import ConfigError
+from experiments.common.crossover import crossover, describe
+from experiments.common.families import (
+    ATTENTION,
+    LINEAR,
+    PRESETS,
+    RECURRENT,
+    RNN_CELLS,
+    SCAN_LSTM,
+    VOCAB,
+    build,
+    heads_for,
+    solve_width,
+)
 from experiments.common.scaffold import Experiment, ExperimentConfig
-from train.measure import bench
+from train.measure import bench, torch_models
 from train.measure import flops as flop_count
 from train.optim import OptimConfig, make_optimizer
 from train.report import figure, format_table, save_figure
-from train.state import parameter_count
 from train.step import init_state, make_train_step
 
 CLAIM = (
@@ -56,15 +65,9 @@ CLAIM = (
     "recurrent state's per-token cost and memory stay constant while a key/value cache's grow "
     "with the context."
 )
-RNN_CELLS, LINEAR = ("elman", "lstm", "gru"), ("mingru", "lru", "mamba")
-SCAN_LSTM = "lstm-scan"  # cuDNN's fast path off ("lstm" takes it on a GPU): our scan vs cuDNN
-RECURRENT = RNN_CELLS + LINEAR + (SCAN_LSTM,)
-ATTENTION = ("gpt-einsum", "gpt-xla", "gpt-blockwise", "gpt-cudnn")
 DEFAULT_FAMILIES = RNN_CELLS + LINEAR + ATTENTION[:3]
 SMOKE_FAMILIES = ("lstm", "mingru", "gpt-einsum")
-PRESETS = {"smoke": (1, 21_000), "1m": (2, 1_000_000), "10m": (4, 10_000_000)}  # (layers, target)
 OPTIMIZER = OptimConfig(name="adamw", lr=3e-4, weight_decay=0.01)
-VOCAB = 256
 GROWTH_RATIO = 1.5  # generation: a cache's ms/token "grows" if longest / shortest >= this
 GROWTH_OF = ("cache_bytes", "flops", "ms_per_token")
 KINDS = ("train", "prefill", "generate")
@@ -94,6 +97,10 @@ class Config(ExperimentConfig):
     """A sample repeats its call for at least this long; None: 0.05 (quick) or 0.5 (full)."""
     quick: bool = True
     seed: int = 0
+    reference: Literal["none", "torch"] = "none"
+    """torch: PyTorch's fastest form of each family it has (nn.RNN, nn.LSTM, nn.GRU, a GPT on
+    scaled_dot_product_attention; train/measure/torch_models.py) at the same sizes, in the same
+    run, and the crossovers again best against best."""
 
     def resolved(self) -> "Config":
         """The mode's defaults (smoke, quick, full) where the flags left them open; --smoke:
@@ -137,7 +144,9 @@ def table_rows(rows: list[dict], families: Sequence[str], lengths: Sequence[int]
             if not got:
                 continue
             train, prefill, gen = (got.get(k, {"error": "missing"}) for k in KINDS)
-            value = lambda row, key, scale=1.0: "err" if row["error"] else row[key] * scale
+            value = lambda row, key, scale=1.0: (
+                "err" if row["error"] else "-" if row.get(key) is None else row[key] * scale
+            )
             out.append({
                 "family": family, "params": next(iter(got.values()))["params"], "length": length,
                 "train ms": value(train, "seconds_median", 1e3),
@@ -186,79 +195,6 @@ def plot(
     axes.flat[0].set_title("dotted: a recurrence overtakes the fastest attention", fontsize=9)
     axes.flat[0].legend(fontsize=7)
     save_figure(fig, path)
-
-
-def heads_for(width: int) -> int:
-    """Heads whose width divides the model width, is a multiple of 8 and is nearest 64."""
-    head_widths = [e for e in range(8, min(width, 128) + 1, 8) if width % e == 0] or [width]
-    return width // min(head_widths, key=lambda e: (abs(e - 64), -e))
-
-
-def build(family: str, width: int, layers: int, dtype: str = "float32", max_len: int = 512):
-    """The family's language model at this width and depth."""
-    common = {"num_layers": layers, "vocab_size": VOCAB, "num_outputs": VOCAB, "dtype": dtype}
-    if family in RNN_CELLS or family == SCAN_LSTM:
-        fast = {"fast_path": "scan"} if family == SCAN_LSTM else {}
-        cell = family.removesuffix("-scan")
-        return MODELS["rnn_lm"](cell=cell, hidden_size=width, embed_size=width, **common, **fast)
-    if family in LINEAR:
-        state = 16 if family == "mamba" else width
-        return MODELS["linear_rnn_lm"](mixer=family, features=width, state_size=state, **common)
-    if family in ATTENTION:
-        kernel = family.removeprefix("gpt-")
-        return MODELS["gpt"](
-            features=width, num_heads=heads_for(width), max_len=max_len, kernel=kernel,
-            positional="rotary", **common,
-        )  # fmt: skip
-    raise ConfigError(f"unknown family {family!r}; choose from {RECURRENT + ATTENTION}")
-
-
-def count_parameters(model: Any) -> int:
-    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    return parameter_count(jax.eval_shape(model.init, jax.random.key(0), tokens)["params"])
-
-
-@cache
-def solve_width(family: str, preset: str) -> tuple[int, int]:
-    """(width, parameters): the width (a multiple of 8 for attention, 4 otherwise) whose count
-    is nearest the preset's target; bisection, as the count grows with the width."""
-    layers, target = PRESETS[preset]
-    step = 8 if family in ATTENTION else 4
-    count = cache(lambda k: count_parameters(build(family, k * step, layers)))
-    low, high = 1, 4096 // step
-    while low < high:  # the smallest k with count(k) >= target
-        middle = (low + high) // 2
-        low, high = (middle + 1, high) if count(middle) < target else (low, middle)
-    best = min({max(low - 1, 1), low}, key=lambda k: abs(math.log(count(k) / target)))
-    return best * step, count(best)
-
-
-def crossover(lengths: list[int], recurrent: list, attention: list) -> dict[str, Any]:
-    """Where the recurrence's time t_r drops below attention's t_a for good: d = log(t_r / t_a)
-    linear in log(length) between the two swept lengths of its LAST change of sign (None: not
-    measured). status "always" / "never in range" (faster / slower at every length), "crosses"
-    (faster at the longest length, from `length` on) or "attention overtakes" (slower at the
-    longest, from `length` on); `changes` > 1 means a ragged (noisy) curve."""
-    points = [
-        (math.log(n), math.log(r / a))
-        for n, r, a in zip(lengths, recurrent, attention, strict=True)
-        if r and a
-    ]
-    changes = [(x0, d0, x1, d1) for (x0, d0), (x1, d1) in pairwise(points) if (d0 < 0) != (d1 < 0)]
-    found = {"status": "no data", "length": None, "changes": len(changes)}
-    if changes:
-        x0, d0, x1, d1 = changes[-1]
-        status = "crosses" if d1 < 0 else "attention overtakes"
-        found |= {"status": status, "length": math.exp(x0 + d0 / (d0 - d1) * (x1 - x0))}
-    elif points:
-        found["status"] = "always" if points[0][1] < 0 else "never in range"
-    faster = None if not points else "recurrence" if points[0][1] < 0 else "attention"
-    return found | {"faster_at_shortest": faster}
-
-
-def describe(found: dict) -> str:
-    ragged = f" ({found['changes']} sign changes)" if found["changes"] > 1 else ""
-    return found["status"] + (f" at {found['length']:.0f}" if found["length"] else "") + ragged
 
 
 def program_of(kind: str, model, state, tokens, length: int, b: int) -> tuple[Any, tuple, int]:
@@ -312,6 +248,33 @@ def measure(kind: str, family: str, model, state, tokens, length: int, config: C
     return measured
 
 
+def torch_references(config: Config, models: dict, tokens, max_len: int, skipped: dict) -> dict:
+    """--reference torch: PyTorch's form of each family it has, at the family's width and
+    depth, as measurements like ours (`models` gains their rows' facts)."""
+    torch, why = bench.load_torch(config.reference == "torch")
+    if torch is None:
+        if config.reference == "torch":
+            skipped["torch"] = why
+        return {}
+    torch.manual_seed(config.seed)
+    found, tensor = {}, torch.from_numpy(tokens.astype(np.int64))
+    for family, facts in list(models.items()):
+        base = "gpt" if family in ATTENTION else family
+        name, heads = f"torch-{base}", facts["heads"] or 1
+        if base not in torch_models.FAMILIES or name in found:
+            continue
+        module = torch_models.language_model(
+            torch, base, facts["width"], facts["layers"], VOCAB, heads, max_len
+        )
+        models[name] = {**facts, "params": torch_models.parameters(module)}
+        found[name] = lambda kind, module=module, heads=heads, **at: torch_models.measure(
+            torch, module, kind, tensor, at["length"], at["config"].new_tokens,
+            at["config"].repeats, at["config"].min_sample_seconds, heads,
+            autocast=at["config"].precision == "bfloat16",
+        )  # fmt: skip
+    return found
+
+
 def judge(rows: list[dict], config: Config) -> dict[str, Any]:
     """Crossovers of every recurrence against every attention kernel and against the fastest
     one at each length, and the verdict on the claim's two parts."""
@@ -356,6 +319,26 @@ def judge(rows: list[dict], config: Config) -> dict[str, Any]:
     return {"crossovers": crossovers, "crosses": crossing, "generation": generation, "holds": holds}
 
 
+def best_against_best(rows: list[dict], config: Config) -> dict[str, Any]:
+    """The crossovers again with every family at its fastest: a recurrence's time is the
+    smaller of ours and PyTorch's form (where it has one) at each length, attention's the
+    fastest of our kernels and PyTorch's GPT."""
+    lengths, measured = list(config.lengths), {r["family"] for r in rows}
+    attention = [f for f in (*ATTENTION, "torch-gpt") if f in measured]
+    recurrent = [f for f in config.families if f in RECURRENT and f in measured]
+    found: dict[str, Any] = {}
+    for part, field in (("train", "seconds_median"), ("generate", "ms_per_token")):
+        best = lambda names, part=part, field=field: [
+            min(filter(None, ts), default=None)
+            for ts in zip(*(series(rows, f, part, field, lengths) for f in names), strict=True)
+        ]
+        found[part] = {
+            r: crossover(lengths, best([r, *{f"torch-{r}"} & measured]), best(attention))
+            for r in (recurrent if attention else [])
+        }
+    return found
+
+
 def summary_line(results: dict) -> str:
     """A row for README.md's table of experiments: command, claim, result."""
     config, verdict, seconds = results["config"], results["verdict"], results["wall_seconds"]
@@ -363,6 +346,14 @@ def summary_line(results: dict) -> str:
     word = lambda ok: "holds" if ok else "fails"
     crossings = verdict["crossovers"]["train"].items()
     train = ", ".join(f"{r} {describe(c['best attention'])}" for r, c in crossings)
+    best = ", ".join(
+        f"{r} {describe(c)}"
+        for r, c in verdict.get("best_against_best", {}).get("train", {}).items()
+    )
+    best = (
+        best
+        and f" Best against best (PyTorch's nn.RNN / LSTM / GRU and SDPA GPT included): {best}."
+    )
     shortest, longest = min(config["lengths"]), max(config["lengths"])
     latency = {(r["family"], r["length"]): r["gen ms/token"] for r in results["table"]}
     number = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -376,7 +367,8 @@ def summary_line(results: dict) -> str:
         f"**{word(verdict['holds']['generate'])}** ({results['preset']} parameters, "
         f"{config['precision']}, batch {config['batch_size']}, lengths "
         f"{', '.join(map(str, config['lengths']))}). Train step, recurrence vs the fastest "
-        f"attention kernel: {train}. Generation ms/token at L = {shortest} -> {longest}: {gen}. |"
+        f"attention kernel: {train}.{best} Generation ms/token at L = {shortest} -> {longest}: "
+        f"{gen}. |"
     )
 
 
@@ -402,17 +394,20 @@ def study(config: Config, out: str) -> dict:
         heads = heads_for(width) if family in ATTENTION else None
         models[family] = {"width": width, "layers": layers, "heads": heads, "params": params}
         tx = make_optimizer(OPTIMIZER, 1000)  # parameters do not depend on the length: init once
-        built[family] = (model, init_state(model, tx, jnp.asarray(tokens[:1, :8]), config.seed))
+        state = init_state(model, tx, jnp.asarray(tokens[:1, :8]), config.seed)
+        built[family] = functools.partial(measure, family=family, model=model, state=state)
+    built |= torch_references(config, models, tokens, max_len, skipped)
     # length by length, every family within minutes of the others: the machine's speed drifts
     # (1.2x between two whole runs on a quiet CPU), and this shifts a length's families together
     # instead of one family against another, which would move the crossovers
     for length in config.lengths:
-        for family, (model, state) in built.items():
+        for family, measure_kind in built.items():
             for kind in KINDS:
                 row, began = {"family": family, "kind": kind, "length": length}, time.perf_counter()
                 row |= models[family]
                 try:
-                    row |= measure(kind, family, model, state, tokens, length, config, peak, done)
+                    row |= measure_kind(kind, tokens=tokens, length=length, config=config,
+                                        peak=peak, done=done)  # fmt: skip
                     row["error"] = None
                 except Exception as error:  # noqa: BLE001 (out of memory and the like: go on)
                     row["error"] = f"{type(error).__name__}: {str(error)[:400]}"
@@ -421,7 +416,9 @@ def study(config: Config, out: str) -> dict:
                 took = time.perf_counter() - began
                 print(f"{family} {kind} L={length}: {shown} ({took:.1f} s)", flush=True)
     verdict = judge(rows, config)
-    table = table_rows(rows, config.families, config.lengths)
+    if set(built) - set(config.families):
+        verdict["best_against_best"] = best_against_best(rows, config)
+    table = table_rows(rows, list(built), config.lengths)
     results = {
         "holds": verdict["holds"], "preset": preset, "peak": peak, "models": models,
         "skipped": skipped, "verdict": verdict, "table": table, "rows": rows,
@@ -431,7 +428,7 @@ def study(config: Config, out: str) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     plot(
-        rows, config.families, list(config.lengths), ATTENTION, config.new_tokens,
+        rows, list(built), list(config.lengths), (*ATTENTION, "torch-gpt"), config.new_tokens,
         verdict["crossovers"], os.path.join(out, "recurrence_vs_attention.png"),
     )  # fmt: skip
     print(format_table(results["table"]))
@@ -440,6 +437,9 @@ def study(config: Config, out: str) -> dict:
         for family, pairs in found.items():
             text = ", ".join(f"{a} {describe(c)}" for a, c in pairs.items())
             print(f"crossover ({part}) {family}: {text}")
+    for part, found in verdict.get("best_against_best", {}).items():
+        text = ", ".join(f"{family} {describe(c)}" for family, c in found.items())
+        print(f"crossover ({part}, best against best, PyTorch's forms included): {text}")
     print(f"skipped: {skipped or 'none'}; generation: {verdict['generation']}")
     return results
 

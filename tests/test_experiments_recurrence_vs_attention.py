@@ -9,6 +9,8 @@ import math
 import pytest
 
 from experiments import recurrence_vs_attention as study
+from experiments.common import families
+from experiments.common.crossover import crossover
 
 FAMILIES, LENGTHS, BATCH, NEW_TOKENS = ("lstm", "mingru", "gpt-einsum"), (16, 32), 8, 4
 
@@ -77,7 +79,7 @@ def test_loop_aware_flops_of_the_lstm_train_step_grow_linearly_with_the_length(s
 def test_matched_families_are_within_ten_percent_of_the_target_and_of_each_other(smoke):
     _, results = smoke
     counts = [m["params"] for m in results["models"].values()]
-    target = study.PRESETS["smoke"][1]
+    target = families.PRESETS["smoke"][1]
     assert all(abs(c / target - 1) < 0.1 for c in counts)
     assert max(counts) / min(counts) < 1.1
     assert all(r["params"] == results["models"][r["family"]]["params"] for r in results["rows"])
@@ -93,54 +95,78 @@ def test_quick_preset_widths_and_parameter_counts_are_pinned():
         "mamba": (188, 1_007_936),
         "gpt-einsum": (200, 1_016_800),
     }
-    layers, target = study.PRESETS["1m"]
+    layers, target = families.PRESETS["1m"]
     miss = lambda family, width: abs(
-        math.log(study.count_parameters(study.build(family, width, layers)) / target)
+        math.log(families.count_parameters(families.build(family, width, layers)) / target)
     )
     for family, (width, count) in pinned.items():
-        assert study.count_parameters(study.build(family, width, layers)) == count
+        assert families.count_parameters(families.build(family, width, layers)) == count
         step = 8 if family.startswith("gpt") else 4
         # the solver's choice: no neighbouring width lands nearer the target
         assert miss(family, width) <= min(miss(family, width - step), miss(family, width + step))
-    assert study.solve_width("lstm", "1m") == pinned["lstm"]
-    assert study.heads_for(200) == 5 and study.heads_for(192) == 3  # heads of 40 and 64
+    assert families.solve_width("lstm", "1m") == pinned["lstm"]
+    assert families.heads_for(200) == 5 and families.heads_for(192) == 3  # heads of 40 and 64
 
 
 def test_heads_divide_the_width_into_heads_of_a_multiple_of_eight():
     for width in range(8, 1025, 8):
-        heads = study.heads_for(width)
+        heads = families.heads_for(width)
         assert width % heads == 0 and (width // heads) % 8 == 0
 
 
 def test_crossover_interpolates_log_time_ratio_linearly_in_log_length():
     # log(t_r / t_a) = log 2 at 100 and -log 2 at 1000: zero halfway in log length
-    found = study.crossover([100, 1000], [2.0, 1.0], [1.0, 2.0])
+    found = crossover([100, 1000], [2.0, 1.0], [1.0, 2.0])
     assert found["status"] == "crosses"
     assert found["length"] == pytest.approx(math.sqrt(100 * 1000))
     # constant recurrence against attention growing 2x per 4x length: 4/1, 4/2, 4/8
-    found = study.crossover([128, 512, 2048], [4.0, 4.0, 4.0], [1.0, 2.0, 8.0])
+    found = crossover([128, 512, 2048], [4.0, 4.0, 4.0], [1.0, 2.0, 8.0])
     assert found["status"] == "crosses" and found["length"] == pytest.approx(1024.0)
     # ratio 3 at 10 and 1/9 at 1000: log 3 - (log 27) * (log(L / 10) / log 100) = 0 at L = 10 *
     # 100 ** (1/3)
-    found = study.crossover([10, 1000], [3.0, 1.0], [1.0, 9.0])
+    found = crossover([10, 1000], [3.0, 1.0], [1.0, 9.0])
     assert found["length"] == pytest.approx(10 * 100 ** (1 / 3))
     # a failed measurement (None) is skipped: the crossing is read between its neighbours
-    found = study.crossover([100, 1000, 10000], [2.0, None, 1.0], [1.0, 5.0, 2.0])
+    found = crossover([100, 1000, 10000], [2.0, None, 1.0], [1.0, 5.0, 2.0])
     assert found["length"] == pytest.approx(1000.0)
 
 
 def test_crossover_reports_no_crossing_as_never_or_always_and_reads_the_last_change():
-    never = study.crossover([1, 2, 4], [2, 3, 5], [1, 2, 4])
+    never = crossover([1, 2, 4], [2, 3, 5], [1, 2, 4])
     assert (never["status"], never["length"], never["changes"]) == ("never in range", None, 0)
     assert never["faster_at_shortest"] == "attention"
-    always = study.crossover([1, 2, 4], [1, 1, 1], [2, 3, 4])
+    always = crossover([1, 2, 4], [1, 1, 1], [2, 3, 4])
     assert (always["status"], always["faster_at_shortest"]) == ("always", "recurrence")
-    overtaken = study.crossover([100, 1000], [1.0, 2.0], [2.0, 1.0])
+    overtaken = crossover([100, 1000], [1.0, 2.0], [2.0, 1.0])
     assert overtaken["status"] == "attention overtakes"
     assert overtaken["length"] == pytest.approx(math.sqrt(1e5))
     # ragged: faster, slower, faster again: the crossing that lasts is the last one
-    ragged = study.crossover([10, 100, 1000], [1.0, 2.0, 1.0], [2.0, 1.0, 2.0])
+    ragged = crossover([10, 100, 1000], [1.0, 2.0, 1.0], [2.0, 1.0, 2.0])
     assert (ragged["status"], ragged["changes"]) == ("crosses", 2)
     assert ragged["length"] == pytest.approx(math.sqrt(100 * 1000))
     assert ragged["faster_at_shortest"] == "recurrence"
-    assert study.crossover([1, 2], [None, None], [1, 2])["status"] == "no data"
+    assert crossover([1, 2], [None, None], [1, 2])["status"] == "no data"
+
+
+def test_best_against_best_takes_each_familys_fastest_form():
+    """Ours against ours, the LSTM overtakes the GPT between 128 and 512; with PyTorch's forms
+    (a faster LSTM, a faster GPT) the crossover moves to where the two fastest curves meet."""
+    times = {  # family -> (train seconds, generate ms/token) at 128 and 512
+        "lstm": ([2.0, 4.0], [1.0, 1.0]),
+        "torch-lstm": ([1.0, 1.0], [2.0, 2.0]),
+        "gpt-einsum": ([0.5, 8.0], [0.5, 4.0]),
+        "torch-gpt": ([0.4, 2.0], [0.8, 0.9]),
+    }
+    fields = {"train": "seconds_median", "generate": "ms_per_token"}
+    rows = [
+        {"family": f, "kind": kind, "length": n, fields[kind]: values[i]}
+        for f, pairs in times.items()
+        for kind, values in zip(fields, pairs, strict=True)
+        for i, n in enumerate((128, 512))
+    ]
+    config = study.Config(families=("lstm", "gpt-einsum"), lengths=(128, 512))
+    best = study.best_against_best(rows, config)
+    assert best["train"]["lstm"] == crossover([128, 512], [1.0, 1.0], [0.4, 2.0])
+    assert best["generate"]["lstm"] == crossover([128, 512], [1.0, 1.0], [0.5, 0.9])
+    ours = study.judge(rows, config)["crossovers"]["train"]["lstm"]["best attention"]
+    assert ours == crossover([128, 512], [2.0, 4.0], [0.5, 8.0]) and ours != best["train"]["lstm"]
