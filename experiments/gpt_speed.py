@@ -29,7 +29,7 @@ import numpy as np
 
 from arch.transformer import TransformerLM
 from experiments.common.scaffold import Experiment, ExperimentConfig
-from train.measure import bench
+from train.measure import bench, torch_models
 from train.optim import OptimConfig, make_optimizer
 from train.report import format_table
 from train.state import parameter_count
@@ -112,7 +112,7 @@ def torch_step(torch: Any, config: Config, batch: dict) -> tuple[Any, int]:
 
     torch.manual_seed(config.seed)
     model = GPT()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    optimizer = torch_models.adamw(torch, model, lr=3e-4, weight_decay=0.01)  # our decay groups
     inputs = torch.from_numpy(np.array(batch["inputs"])).long()  # a writable copy
     targets = torch.from_numpy(np.array(batch["targets"])).long()
 

@@ -97,11 +97,14 @@ def cache_bytes(cache: Any) -> int:
 
 def adamw(torch: Any, model: Any, lr: float, weight_decay: float) -> Any:
     """AdamW with train.optim's groups: matrices (Linear / RNN weights, the token table) decay;
-    biases and LayerNorm parameters do not."""
-    decayed = [p for n, p in model.named_parameters() if p.ndim > 1]
-    others = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": others,
-              "weight_decay": 0.0}]  # fmt: skip
+    biases, LayerNorm parameters and a learned position table (a module named `positions`, as
+    ours: table/embedding) do not."""
+    named = list(model.named_parameters())
+    decays = lambda name, p: p.ndim > 1 and not name.startswith("positions")
+    groups = [
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=lr)
 
 
