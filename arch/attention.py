@@ -265,9 +265,8 @@ class MultiHeadAttention(nn.Module):
 
     @nn.nowrap
     def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
-        """Room for the keys and values [b, max_len, h, e] of every position to come."""
-        shape = (batch, max_len, self.num_heads, self.width)
-        return {"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+        """Room for the keys and values of every position to come (`kv_cache`'s layout)."""
+        return kv_cache(batch, max_len, self.num_heads, self.width, self.dtype)
 
     def decode_step(
         self, cache: dict[str, jax.Array], inputs: jax.Array, index: jax.Array
@@ -276,15 +275,35 @@ class MultiHeadAttention(nn.Module):
         ([b, 1, d], cache with this position's key and value written in)."""
         positions = jnp.full((1, 1), index)
         query, key, value = self.project(inputs, inputs, positions, positions)
-        start = (0, index, 0, 0)
-        keys = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
-        values = jax.lax.dynamic_update_slice(
-            cache["value"], value.astype(cache["value"].dtype), start
+        start = (0, 0, 0, index)
+        written = lambda old, new: jax.lax.dynamic_update_slice(  # new [b, 1, h, e] -> column
+            old, jnp.transpose(new, (0, 2, 3, 1)).astype(old.dtype), start
         )
-        batch, max_len = keys.shape[:2]
-        seen = jnp.broadcast_to(jnp.arange(max_len) <= index, (batch, max_len))  # [b, max_len]
-        attended = dot_product_attention(query, keys, values, key_mask=seen, kernel="einsum")
+        keys, values = written(cache["key"], key), written(cache["value"], value)
+        attended = cached_attention(query, keys, values, index)
         return self.out(attended), {"key": keys, "value": values}
+
+
+def kv_cache(batch: int, max_len: int, heads: int, width: int, dtype: str) -> dict[str, jax.Array]:
+    """An empty key / value cache, each [b, h, e, max_len]: heads first and positions last,
+    the layout both of a decoding step's products read directly (with [b, max_len, h, e],
+    XLA:CPU transposed the whole cache twice per layer and token: 14.7x the time per token
+    from 128 to 2048 positions for 2.35x the FLOPs)."""
+    shape = (batch, heads, width, max_len)
+    return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
+
+
+def cached_attention(
+    query: jax.Array, keys: jax.Array, values: jax.Array, index: jax.Array
+) -> jax.Array:
+    """One query [b, 1, h, e] against a cache's keys and values [b, h, e, max_len], of which
+    positions 0 .. index are written -> [b, 1, h, e]; einsum_attention's numbers."""
+    scale = query.shape[-1] ** -0.5  # as dot_product_attention
+    scores = jnp.einsum("bqhe,bhek->bhqk", query, keys, preferred_element_type=jnp.float32)
+    seen = jnp.arange(keys.shape[-1]) <= index  # [max_len]
+    scores = jnp.where(seen, scores * scale, MASKED)
+    weights = jax.nn.softmax(scores, axis=-1)  # [b, h, 1, max_len], in float32
+    return jnp.einsum("bhqk,bhek->bqhe", weights.astype(values.dtype), values)
 
 
 class AdditiveAttention(nn.Module):

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.attention import Kernel, MultiHeadAttention, heads_problem
+from arch.attention import Kernel, MultiHeadAttention, heads_problem, kv_cache
 from arch.errors import ConfigError
 from arch.layers import (
     LAYER_NORM_EPS,
@@ -374,15 +374,17 @@ class TransformerModel(nn.Module):
 
     @nn.nowrap
     def head_cache(self, batch: int, max_len: int) -> list[Cache]:
-        """Empty key / value caches [b, max_len, h, e] of every decoder layer."""
+        """Empty key / value caches (arch.attention.kv_cache) of every decoder layer."""
         if max_len > self.max_len and self.positional == "learned":
             raise ConfigError(
                 f"a cache of {max_len} positions exceeds max_len {self.max_len} (the learned "
                 "positions); decode fewer tokens or train with a larger max_len"
             )
-        shape = (batch, max_len, self.num_heads, self.features // self.num_heads)
-        zeros = lambda: jnp.zeros(shape, self.dtype)
-        return [{"key": zeros(), "value": zeros()} for _ in range(self.num_layers)]
+        width = self.features // self.num_heads
+        return [
+            kv_cache(batch, max_len, self.num_heads, width, self.dtype)
+            for _ in range(self.num_layers)
+        ]
 
 
 def tied_logits(embedding: nn.Embed, x: jax.Array) -> jax.Array:

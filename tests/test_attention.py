@@ -129,9 +129,9 @@ def test_decode_step_equals_the_causal_full_call(rotary):
 
     full, stepped, cache = both(variables)
     chex.assert_trees_all_close(stepped, full, **TOLERANCE)
-    chex.assert_shape([cache["key"], cache["value"]], (B, Q + 3, H, D // H))
-    assert np.all(np.asarray(cache["key"][:, Q:]) == 0)
-    assert not np.any(np.all(np.asarray(cache["key"][:, :Q]) == 0, axis=(-2, -1)))
+    chex.assert_shape([cache["key"], cache["value"]], (B, H, D // H, Q + 3))  # positions last
+    assert np.all(np.asarray(cache["key"][..., Q:]) == 0)
+    assert not np.any(np.all(np.asarray(cache["key"][..., :Q]) == 0, axis=(1, 2)))
 
 
 def test_rotary_attention_needs_positions():
