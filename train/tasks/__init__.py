@@ -7,6 +7,7 @@ from train.tasks.language import MarkovLanguage, TextFile
 from train.tasks.masked import MaskedMarkovLanguage, MaskedTextFile
 from train.tasks.order import Reverse, Sorted
 from train.tasks.points import Blobs, Circles, Xor
+from train.tasks.recall import InductionHeads, MultiQueryRecall, SelectiveCopy
 from train.tasks.scenes import Scenes
 from train.tasks.sequences import Adding, Copy
 from train.tasks.series import RandomWalk, Sines
@@ -33,6 +34,9 @@ TASKS: dict[str, type] = {
     "markov_mlm": MaskedMarkovLanguage,
     "text_mlm": MaskedTextFile,
     "translation": Translation,
+    "mqar": MultiQueryRecall,
+    "selective_copy": SelectiveCopy,
+    "induction": InductionHeads,
 }
 
 __all__ = [
@@ -46,14 +50,17 @@ __all__ = [
     "Digits",
     "DigitsPixels",
     "DigitsRows",
+    "InductionHeads",
     "MarkovLanguage",
     "MaskedMarkovLanguage",
     "MaskedTextFile",
     "Mnist",
+    "MultiQueryRecall",
     "PlantedCorpus",
     "RandomWalk",
     "Reverse",
     "Scenes",
+    "SelectiveCopy",
     "Sines",
     "Sorted",
     "StreamTask",
