@@ -212,9 +212,10 @@ def import_command(argv: list[str]) -> dict:
     model, params = read_gpt2(command.path)
     vocab = command.task.model_fields.get("vocab_size")
     if vocab != model.vocab_size:
+        has = "no token ids" if vocab is None else vocab
         raise ConfigError(
             f"the model in {command.path} reads {model.vocab_size} token ids and task "
-            f"{name_of(TASKS, command.task)} has {vocab}: choose a task of its vocabulary"
+            f"{name_of(TASKS, command.task)} has {has}: choose a task of its vocabulary"
         )
     loaded = save_imported_run(model, params, command.task, command.optim, run)
     print(
