@@ -385,3 +385,12 @@ def test_fit_refuses_a_non_task_before_it_touches_anything(tmp_path):
     with pytest.raises(ConfigError, match="must be an instance, got the class Xor"):
         fit(MLP(), Xor, run=RunConfig(steps=1, run_dir=str(tmp_path / "run"), progress="off"))
     assert not (tmp_path / "run").exists()
+
+
+def test_fashion_mnist_reads_the_mnist_layout_and_says_how_to_install_it(mnist_dir, tmp_path):
+    task = TASKS["fashion_mnist"](data_dir=str(mnist_dir[0]), validation_size=10)
+    assert [task.num_examples(s) for s in ("train", "validation", "test")] == [50, 10, 20]
+    assert TASKS["fashion_mnist"]().data_dir == "/usr/share/datasets/fashion-mnist"
+    assert len(TASKS["fashion_mnist"].CLASSES) == task.num_outputs == 10
+    with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
+        TASKS["fashion_mnist"](data_dir=str(tmp_path / "nowhere")).data  # noqa: B018

@@ -2,7 +2,7 @@
 
 from train.tasks.base import ArrayTask, DataPosition, StreamTask, describe_task
 from train.tasks.corpus import PlantedCorpus
-from train.tasks.images import Digits, DigitsPixels, DigitsRows, Mnist
+from train.tasks.images import Digits, DigitsPixels, DigitsRows, FashionMnist, Mnist
 from train.tasks.language import MarkovLanguage, TextFile
 from train.tasks.masked import MaskedMarkovLanguage, MaskedTextFile
 from train.tasks.order import Reverse, Sorted
@@ -21,6 +21,7 @@ TASKS: dict[str, type] = {
     "digits_rows": DigitsRows,
     "digits_pixels": DigitsPixels,
     "mnist": Mnist,
+    "fashion_mnist": FashionMnist,
     "scenes": Scenes,
     "adding": Adding,
     "copy": Copy,
@@ -50,6 +51,7 @@ __all__ = [
     "Digits",
     "DigitsPixels",
     "DigitsRows",
+    "FashionMnist",
     "InductionHeads",
     "MarkovLanguage",
     "MaskedMarkovLanguage",

@@ -141,13 +141,21 @@ MNIST_HELP = (
 )
 
 
-def find_idx_files(data_dir: str) -> dict[str, str]:
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_HELP = (
+    f"Fashion-MNIST installs into {FASHION_DIR} from Debian: apt-get install "
+    "dataset-fashion-mnist (or put the four IDX files of github.com/zalandoresearch/"
+    "fashion-mnist in a directory and pass --task.data-dir DIR)"
+)
+
+
+def find_idx_files(data_dir: str, help_text: str = MNIST_HELP) -> dict[str, str]:
     """{stem: path} of the four MNIST files in `data_dir` (each plain or .gz); a ConfigError
     naming every file that is missing, or the directory itself, and how to provide them."""
     directory = os.path.expanduser(data_dir)
     if not os.path.isdir(directory):
         problem = "is not a directory" if os.path.exists(directory) else "does not exist"
-        raise ConfigError(f"--task.data-dir {data_dir!r} {problem}; {MNIST_HELP}")
+        raise ConfigError(f"--task.data-dir {data_dir!r} {problem}; {help_text}")
     found, missing = {}, []
     for stem in (stem for pair in MNIST_FILES.values() for stem in pair):
         paths = [os.path.join(directory, name) for name in (stem, stem + ".gz")]
@@ -159,7 +167,7 @@ def find_idx_files(data_dir: str) -> dict[str, str]:
     if missing:
         raise ConfigError(
             f"--task.data-dir {data_dir!r} lacks the MNIST file{'s' * (len(missing) > 1)} "
-            f"{', '.join(missing)}; {MNIST_HELP}"
+            f"{', '.join(missing)}; {help_text}"
         )
     return found
 
@@ -187,8 +195,10 @@ class Mnist(ClassificationLoss, ArrayTask):
     def num_outputs(self) -> int:
         return 10
 
+    help_text = MNIST_HELP
+
     def load(self) -> dict[str, Split]:
-        paths = find_idx_files(self.data_dir)
+        paths = find_idx_files(self.data_dir, self.help_text)
         raw = {}
         for split, (image_stem, label_stem) in MNIST_FILES.items():
             images = read_idx(paths[image_stem])
@@ -209,3 +219,20 @@ class Mnist(ClassificationLoss, ArrayTask):
         return standardise(
             {"train": (x[:cut], y[:cut]), "validation": (x[cut:], y[cut:]), "test": raw["test"]}
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class FashionMnist(Mnist):
+    """Fashion-MNIST (Xiao et al. 2017): 60k / 10k 28x28 greyscale images of 10 kinds of
+    clothing, from Debian's dataset-fashion-mnist (installed by name, nothing downloaded).
+
+    The layout and splits are MNIST's: the last `validation_size` training images are the
+    validation split, the 10k test images the test split. CLASSES names the labels 0-9."""
+
+    data_dir: str = FASHION_DIR
+    help_text = FASHION_HELP
+
+    CLASSES = (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    )  # fmt: skip

@@ -29,8 +29,8 @@ class MultiQueryRecall(TokenOutputs, TokenClassificationLoss, StreamTask):
     proportional to g^(power_a - 1) (Zoology's power law: most queries come soon after the
     context, some far). The target at a query is its key's value (the next token after it, in
     a language model's terms); the other positions hold random tokens (Zoology's
-    random_non_queries; `random_fill` False: zeros) and are not scored. A model that cannot bind a value to its key can at
-    best guess among the N values of the context: accuracy 1 / N.
+    random_non_queries; `random_fill` False: zeros) and are not scored. A model that cannot
+    bind a value to its key can at best guess among the N values of the context: 1 / N.
     """
 
     batch_size: int = 32
