@@ -1,4 +1,4 @@
-"""The recall probes that separate attention from recurrence (issue 22): multi-query associative
+"""The recall probes that separate attention from recurrence: multi-query associative
 recall, selective copying and induction heads. Each is a generated stream (StreamTask: every
 training batch a pure function of its position, fixed evaluation sets) of token ids scored only
 where the answer is due (mask 1 there, 0 elsewhere): softmax cross-entropy over those
