@@ -78,48 +78,20 @@ def jax_step(config: Config, kernel: str, batch: dict) -> tuple[bench.Program, i
 def torch_step(torch: Any, config: Config, batch: dict) -> tuple[Any, int]:
     """The same GPT in PyTorch (pre-norm blocks, SDPA causal attention, tied embeddings), one
     eager AdamW step per call."""
-    nn, functional = torch.nn, torch.nn.functional
-    d, h = config.width, config.heads
-
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.hidden, self.output = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-        def forward(self, x: Any) -> Any:
-            b, t, _ = x.shape
-            q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-            attended = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.out(attended.transpose(1, 2).reshape(b, t, d))
-            hidden = functional.gelu(self.hidden(self.norm2(x)), approximate="tanh")
-            return x + self.output(hidden)
-
-    class GPT(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embedding = nn.Embedding(config.vocab, d)
-            self.positions = nn.Embedding(config.length, d)
-            self.blocks = nn.ModuleList(Block() for _ in range(config.layers))
-            self.norm = nn.LayerNorm(d)
-
-        def forward(self, tokens: Any) -> Any:
-            x = self.embedding(tokens) + self.positions.weight[: tokens.shape[1]]
-            for block in self.blocks:
-                x = block(x)
-            return self.norm(x) @ self.embedding.weight.T  # tied output projection
-
     torch.manual_seed(config.seed)
-    model = GPT()
+    model = torch_models.language_model(
+        torch, "gpt", config.width, config.layers, config.vocab, config.heads,
+        max_len=config.length, positional="learned",
+    )  # fmt: skip
     optimizer = torch_models.adamw(torch, model, lr=3e-4, weight_decay=0.01)  # our decay groups
     inputs = torch.from_numpy(np.array(batch["inputs"])).long()  # a writable copy
     targets = torch.from_numpy(np.array(batch["targets"])).long()
 
     def call() -> None:
         optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = functional.cross_entropy(logits.reshape(-1, config.vocab), targets.reshape(-1))
+        logits, _ = model(inputs)
+        flat = logits.reshape(-1, config.vocab)
+        loss = torch.nn.functional.cross_entropy(flat, targets.reshape(-1))
         loss.backward()
         optimizer.step()
 

@@ -26,10 +26,11 @@ def rotate(x: Any, cos: Any, sin: Any) -> Any:
     return x * cos + turned * sin
 
 
-def language_model(torch: Any, family: str, width: int, layers: int, vocab: int,
-                   heads: int = 1, max_len: int = 512) -> Any:  # fmt: skip
+def language_model(torch: Any, family: str, width: int, layers: int, vocab: int, heads: int = 1,
+                   max_len: int = 512, positional: str = "rotary") -> Any:  # fmt: skip
     """The family's byte-level language model: `forward(tokens [b, t], cache=None, index=0)` ->
-    (logits [b, t, v], the cache after these tokens)."""
+    (logits [b, t, v], the cache after these tokens). The GPT's positions are rotary (the
+    flagship study's gpt) or a learned table `positions` (experiments/gpt_speed.py's)."""
     nn, functional = torch.nn, torch.nn.functional
     if family in CELLS:
 
@@ -48,6 +49,8 @@ def language_model(torch: Any, family: str, width: int, layers: int, vocab: int,
         return RecurrentLM()
     if family != "gpt":
         raise ValueError(f"PyTorch has no form of {family!r}; it has {FAMILIES}")
+    if positional not in ("rotary", "learned"):
+        raise ValueError(f"positional must be 'rotary' or 'learned', got {positional!r}")
     e = width // heads
     rates = 10000.0 ** (-torch.arange(0, e, 2, dtype=torch.float32) / e)  # [e / 2]
     angles = torch.arange(max_len, dtype=torch.float32)[:, None] * rates  # [max_len, e / 2]
@@ -64,7 +67,8 @@ def language_model(torch: Any, family: str, width: int, layers: int, vocab: int,
             b, t, _ = x.shape
             q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, heads, e).permute(2, 0, 3, 1, 4)
             where = slice(index, index + t)
-            q, k = rotate(q, cos[where], sin[where]), rotate(k, cos[where], sin[where])
+            if positional == "rotary":
+                q, k = rotate(q, cos[where], sin[where]), rotate(k, cos[where], sin[where])
             if cache is not None:  # [2, b, h, max_len, e]: write these positions, read all so far
                 cache[0, :, :, where], cache[1, :, :, where] = k, v
                 k, v = cache[0, :, :, : index + t], cache[1, :, :, : index + t]
@@ -78,11 +82,15 @@ def language_model(torch: Any, family: str, width: int, layers: int, vocab: int,
         def __init__(self) -> None:
             super().__init__()
             self.embedding = nn.Embedding(vocab, width)
+            if positional == "learned":
+                self.positions = nn.Embedding(max_len, width)
             self.blocks = nn.ModuleList(Block() for _ in range(layers))
             self.norm = nn.LayerNorm(width)
 
         def forward(self, tokens: Any, cache: Any = None, index: int = 0) -> tuple:
             x = self.embedding(tokens)
+            if positional == "learned":
+                x = x + self.positions.weight[index : index + tokens.shape[1]]
             for i, block in enumerate(self.blocks):
                 x = block(x, None if cache is None else cache[i], index)
             return self.norm(x) @ self.embedding.weight.T, cache  # tied output projection
