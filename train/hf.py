@@ -30,6 +30,7 @@ import re
 from typing import Any
 
 import flax.traverse_util
+import jax
 import numpy as np
 
 from arch import TransformerLM
@@ -179,7 +180,7 @@ def conv1d_tensors(prefix: str, kernel: np.ndarray, bias: np.ndarray) -> dict[st
 def to_gpt2(model: TransformerLM, params: dict[str, Any]) -> dict[str, np.ndarray]:
     """Our parameters -> GPT2LMHeadModel's state dict (the tied lm_head left out, as
     save_pretrained leaves it out)."""
-    params = unstacked(jax_free(params), model.num_layers)
+    params = unstacked(jax.tree.map(np.asarray, params), model.num_layers)  # on the host
     decoder = params["decoder"]
     tensors = {
         "transformer.wte.weight": params["embedding"]["embedding"],
@@ -210,13 +211,6 @@ def to_gpt2(model: TransformerLM, params: dict[str, Any]) -> dict[str, np.ndarra
             )
         tensors["lm_head.weight"] = params["head"]["kernel"].T
     return {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-
-
-def jax_free(params: Any) -> Any:
-    """A parameter tree of NumPy arrays (copied to the host)."""
-    return flax.traverse_util.unflatten_dict(
-        {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
-    )
 
 
 def from_gpt2(model: TransformerLM, tensors: dict[str, np.ndarray], source: str) -> dict:
