@@ -12,7 +12,8 @@ Setup (README.md's section on this study has it in full). Every family is a byte
 language model at a matched parameter count: the same depth for every family, the width that
 brings the count (from jax.eval_shape) nearest the preset's target. Every measurement is
 train/measure/bench.py's `profile` (compile apart, warm-up, median / min / max, FLOPs counted
-from the jaxpr, XLA's memory analysis, utilisation against the measured matmul peak):
+from the jaxpr, XLA's memory analysis, utilisation against the matmul peak timed in the same
+passes, or a known accelerator's data sheet):
   train     the ONE shared train step (train/step.py, AdamW, state donated), random tokens [b, t];
   prefill   the parallel forward pass over a prompt [b, L] (jit(model.apply));
   generate  `bench.profile_generation`: the shared `generate` continuing a cache filled with
@@ -158,6 +159,7 @@ def table_rows(rows: list[dict], families: Sequence[str], lengths: Sequence[int]
                 "peak MiB": value(train, "peak_estimate_bytes", 1 / MIB),
                 "compile s": value(train, "compile_s"),
                 "util %": value(train, "utilisation", 100.0),
+                "peak GF/s": value(train, "peak_flops_per_second", 1e-9),
             })  # fmt: skip
     return out
 
@@ -239,6 +241,7 @@ def measure(kind: str, family: str, model, state, tokens, length: int, config: C
         "tokens_per_second": result["per_second"]["median"], **extra, "flops": result["flops"],
         "xla_flops_loop_body_once": result["xla_cost"]["flops"],  # a record only: loops once
         "uncounted": ";".join(result["uncounted"]), "utilisation": result["utilisation"],
+        "peak_flops_per_second": result["peak"]["flops_per_second"],
         "compile_s": result["compile_s"], "peak_estimate_bytes": memory.get("peak_estimate"),
         "temp_bytes": memory.get("temp"),
         "device_peak_bytes": result["device_memory"].get("peak_bytes_in_use"),
@@ -374,11 +377,9 @@ def summary_line(results: dict) -> str:
 
 def study(config: Config, out: str) -> dict:
     preset = "smoke" if config.smoke else config.preset
-    if config.smoke:  # a small product: seconds matter more than the peak's precision here
-        measured = bench.matmul_peak(256, config.precision, repeats=2)["median"]
-        peak = {"flops_per_second": measured, "source": f"measured {config.precision} 256^3 matmul"}
-    else:
-        peak = bench.peak_flops(config.precision)
+    # the matmul peak is timed in every measurement's passes (smoke: a small product, seconds
+    # matter more there than the peak's precision)
+    peak = bench.peak_reference(config.precision, size=256 if config.smoke else 2048)
     max_len = max(config.lengths) + config.new_tokens
     shape = (config.batch_size, max_len + 1)
     tokens = np.random.default_rng(config.seed).integers(0, VOCAB, shape).astype(np.int32)
@@ -420,7 +421,8 @@ def study(config: Config, out: str) -> dict:
         verdict["best_against_best"] = best_against_best(rows, config)
     table = table_rows(rows, list(built), config.lengths)
     results = {
-        "holds": verdict["holds"], "preset": preset, "peak": peak, "models": models,
+        "holds": verdict["holds"], "preset": preset, "models": models,
+        "peak": peak if isinstance(peak, dict) else dataclasses.asdict(peak),
         "skipped": skipped, "verdict": verdict, "table": table, "rows": rows,
     }  # fmt: skip
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
@@ -432,7 +434,11 @@ def study(config: Config, out: str) -> dict:
         verdict["crossovers"], os.path.join(out, "recurrence_vs_attention.png"),
     )  # fmt: skip
     print(format_table(results["table"]))
-    print("compile s, peak MiB (XLA's estimate) and util % are the train step's")
+    print(
+        "compile s, peak MiB (XLA's estimate) and util % are the train step's; util % is per "
+        "timed pass against the matmul timed in the same passes (peak GF/s, its median: it "
+        "falls when the machine is shared)"
+    )
     for part, found in verdict["crossovers"].items():
         for family, pairs in found.items():
             text = ", ".join(f"{a} {describe(c)}" for a, c in pairs.items())

@@ -1,6 +1,8 @@
 """train/measure/bench.py: the measurement harness reports what it says it does (no timing
 asserts)."""
 
+import statistics
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -67,6 +69,27 @@ def test_peak_flops_uses_the_data_sheet_for_known_devices_and_measures_otherwise
     assert bench.peak_flops("bfloat16", FakePCIe())["flops_per_second"] == 756e12  # longest key
     measured = bench.peak_flops("float32")  # this CPU: not in the table
     assert measured["source"].startswith("measured") and measured["flops_per_second"] > 1e8
+
+
+def test_an_interleaved_peak_is_timed_in_the_same_passes_and_utilisation_is_per_pass():
+    x = jnp.ones((64, 64))
+    programs = {"jax": bench.program(lambda a: a @ a @ a, x)}
+    peak = bench.InterleavedPeak("float32", size=64)
+    result = bench.measure(programs, peak=peak, repeats=5, min_sample_seconds=0.0)["jax"]
+    assert bench.PEAK_CALL not in result and len(result["peak"]["samples"]) == 5
+    rates = result["peak"]["samples"]
+    assert result["peak"]["flops_per_second"] == pytest.approx(statistics.median(rates))
+    per_pass = [4 * 64**3 / t / r for t, r in zip(result["samples"], rates, strict=True)]
+    assert result["utilisation"] == pytest.approx(statistics.median(per_pass))
+
+
+def test_peak_reference_is_the_data_sheet_where_known_and_interleaved_otherwise():
+    class FakeH100:
+        platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
+
+    known = bench.peak_reference("bfloat16", FakeH100())
+    assert known == {"flops_per_second": 989e12, "source": "data sheet (H100)"}
+    assert bench.peak_reference("float32", size=256) == bench.InterleavedPeak("float32", 256)
 
 
 def test_versions_and_device_memory_are_reported():

@@ -122,17 +122,10 @@ def matmul_peak(
     size: int = 2048, dtype: str = "float32", repeats: int = 5, device: Any = None
 ) -> dict[str, float]:
     """The measured FLOP/s of a square [size, size] x [size, size] product (2 size^3 FLOPs), the
-    practical peak that utilisation figures are a fraction of."""
-    device = device or jax.devices()[0]
-    rng = np.random.default_rng(0)
-    a, b = (
-        jax.device_put(jnp.asarray(rng.standard_normal((size, size)), dtype), device)
-        for _ in range(2)
-    )
-    product, _ = compile_timed(jnp.matmul, a, b)
-    timing = time_round_robin({"matmul": lambda: product(a, b).block_until_ready()}, repeats)
-    flops = 2.0 * size**3
-    return {"size": size, "dtype": dtype, **timing["matmul"].rate(flops)}
+    practical peak that utilisation figures are a fraction of, timed on its own."""
+    reference = InterleavedPeak(dtype, size)
+    timing = time_round_robin({"matmul": reference.program(device).call}, repeats)
+    return {"size": size, "dtype": dtype, **timing["matmul"].rate(reference.flops)}
 
 
 def cpu_name() -> str:
@@ -177,15 +170,6 @@ def torch_record(torch: Any, reason: str = "") -> dict[str, Any]:
     }
 
 
-def torch_matmul_peak(torch: Any, size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """PyTorch's own measured FLOP/s on the same square product as `matmul_peak` (the two
-    libraries' kernels need not reach the same fraction of the hardware)."""
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
-    timing = time_round_robin({"matmul": lambda: a @ b}, repeats)
-    return {"size": size, "dtype": "float32", **timing["matmul"].rate(2.0 * size**3)}
-
-
 # Dense (no sparsity) peak FLOP/s per device from the vendors' data sheets. float32 on NVIDIA
 # Ampere and later is the TF32 tensor-core rate: XLA's default precision for float32 products
 # there. Keys are matched as substrings of `device.device_kind`, longest first.
@@ -205,16 +189,55 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},
 }
 _measured_peaks: dict[tuple[str, str], float] = {}
+PEAK_CALL = "(matmul peak)"
 
 
-def peak_flops(dtype: str = "float32", device: Any = None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class InterleavedPeak:
+    """The matmul peak timed in the same round-robin passes as the work (`measure`), so that a
+    utilisation compares the work with the reference under the same load. A peak measured once
+    at the start and a step timed minutes later on a machine that has since become busy gave
+    110-134% "utilisation"; per pass, the two share whatever else the machine ran."""
+
+    dtype: str = "float32"
+    size: int = 2048
+    """Side of the square product: 2048 reaches the practical float32 peak of a 2-core CPU."""
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.size**3
+
+    def program(self, device: Any = None) -> "Program":
+        device = device or jax.devices()[0]
+        rng = np.random.default_rng(0)
+        a, b = (
+            jax.device_put(jnp.asarray(rng.standard_normal((self.size,) * 2), self.dtype), device)
+            for _ in range(2)
+        )
+        product, _ = compile_timed(jnp.matmul, a, b)
+        return Program(lambda: product(a, b).block_until_ready(), {"flops": self.flops})
+
+
+def peak_reference(dtype: str = "float32", device: Any = None, size: int = 2048):
+    """What utilisation is a fraction of: a known accelerator's data-sheet peak (a dict, as
+    `peak_flops`), else an `InterleavedPeak` of `size` for `measure` to time beside the work."""
+    found = peak_flops(dtype, device, measure_unknown=False)
+    return found or InterleavedPeak(dtype, size)
+
+
+def peak_flops(
+    dtype: str = "float32", device: Any = None, measure_unknown: bool = True
+) -> dict[str, Any]:
     """{"flops_per_second", "source"}: the data-sheet peak of a known GPU / TPU, else (CPU, or a
-    device not in PEAK_FLOPS) the measured rate of a square matrix product in `dtype`."""
+    device not in PEAK_FLOPS) the measured rate of a square matrix product in `dtype`, measured
+    once per process ({} instead when not `measure_unknown`)."""
     device = device or jax.devices()[0]
     kind = getattr(device, "device_kind", "")
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):
         if key in kind and dtype in PEAK_FLOPS[key]:
             return {"flops_per_second": PEAK_FLOPS[key][dtype], "source": f"data sheet ({key})"}
+    if not measure_unknown:
+        return {}
     cache_key = (f"{device.platform}:{kind}", dtype)
     if cache_key not in _measured_peaks:
         _measured_peaks[cache_key] = matmul_peak(dtype=dtype, device=device)["median"]
@@ -293,17 +316,29 @@ def program(
 def measure(
     programs: dict[str, Program | Callable[[], Any]],
     amount: float = 1.0,
-    peak: dict[str, Any] | None = None,
+    peak: "dict[str, Any] | InterleavedPeak | None" = None,
     repeats: int = 5,
     min_sample_seconds: float = 0.2,
 ) -> dict[str, dict[str, Any]]:
     """Time programs side by side, round-robin (`time_round_robin`), and say per name: seconds
     per call (median / min / max and the samples), `amount` per second (e.g. tokens), and for a
     Program its facts, the device's measured memory, FLOP/s and utilisation = its FLOPs /
-    median time / `peak` (default `peak_flops()` in float32). A plain call (another framework's
-    step, which must block until done) gets the timings only."""
+    median time / `peak` (default `peak_flops()` in float32; an `InterleavedPeak` is timed as
+    one more call of the same passes, and utilisation is then the median of the per-pass
+    ratios). A plain call (another framework's step, which must block until done) gets the
+    timings only."""
     calls = {name: p.call if isinstance(p, Program) else p for name, p in programs.items()}
+    interleaved = peak if isinstance(peak, InterleavedPeak) else None
+    if interleaved is not None:
+        calls[PEAK_CALL] = interleaved.program().call
     timings = time_round_robin(calls, repeats, min_sample_seconds)
+    if interleaved is not None:
+        reference = timings.pop(PEAK_CALL)
+        peak = {
+            "flops_per_second": interleaved.flops / reference.median,
+            "source": f"{interleaved.dtype} {interleaved.size}^3 matmul timed in the same passes",
+            "samples": [interleaved.flops / t for t in reference.samples],
+        }
     peak = peak or peak_flops()
     results = {}
     for name, timing in timings.items():
@@ -320,11 +355,20 @@ def measure(
                 **result,
                 "device_memory": device_memory(),
                 "flops_per_second": achieved,
-                "utilisation": achieved / peak["flops_per_second"],
+                "utilisation": utilisation(facts["flops"], timing, peak),
                 "peak": peak,
             }
         results[name] = result
     return results
+
+
+def utilisation(flops: float, timing: Timing, peak: dict[str, Any]) -> float:
+    """FLOPs / seconds / peak: per pass when the peak was timed in the same passes (sample i of
+    the work against sample i of the matmul), the median of those; else against the one peak."""
+    if "samples" not in peak:
+        return flops / timing.median / peak["flops_per_second"]
+    pairs = zip(timing.samples, peak["samples"], strict=True)
+    return statistics.median(flops / seconds / rate for seconds, rate in pairs)
 
 
 def profile(
@@ -332,7 +376,7 @@ def profile(
     *args: Any,
     amount: float = 1.0,
     carry: bool = False,
-    peak: dict[str, Any] | None = None,
+    peak: "dict[str, Any] | InterleavedPeak | None" = None,
     repeats: int = 5,
     min_sample_seconds: float = 0.2,
     flops: float | None = None,
