@@ -11,6 +11,7 @@ from train.tasks.recall import InductionHeads, MultiQueryRecall, SelectiveCopy
 from train.tasks.scenes import Scenes
 from train.tasks.sequences import Adding, Copy
 from train.tasks.series import RandomWalk, Sines
+from train.tasks.shakespeare import Shakespeare
 from train.tasks.translation import Translation
 
 TASKS: dict[str, type] = {
@@ -31,6 +32,7 @@ TASKS: dict[str, type] = {
     "random_walk": RandomWalk,
     "markov": MarkovLanguage,
     "text": TextFile,
+    "shakespeare": Shakespeare,
     "planted_corpus": PlantedCorpus,
     "markov_mlm": MaskedMarkovLanguage,
     "text_mlm": MaskedTextFile,
@@ -63,6 +65,7 @@ __all__ = [
     "Reverse",
     "Scenes",
     "SelectiveCopy",
+    "Shakespeare",
     "Sines",
     "Sorted",
     "StreamTask",
