@@ -1,6 +1,7 @@
 """`python -m train MODEL TASK [options]`: train any registered model on any registered task;
 `python -m train eval RUN_DIR` / `sample RUN_DIR`: evaluate or sample a trained run;
-`import-hf PATH TASK --run-dir R` / `export-hf RUN_DIR PATH`: Hugging Face GPT-2 weights.
+`import-hf PATH TASK --run-dir R` / `export-hf RUN_DIR PATH`: Hugging Face GPT-2 weights;
+`build-corpus OUT_DIR TASK`: a text task tokenised into memory-mapped files (task tokens).
 
 Every field of the model, the task, the optimizer and the run is an option
 (`--model.hidden-sizes 256 256 --task.batch-size 32 --optim.lr 3e-4 --steps 2000`);
@@ -51,12 +52,12 @@ from train.hf import read_gpt2, save_imported_run, write_gpt2  # noqa: E402
 from train.load import (  # noqa: E402
     evaluate_run,
     from_fields,
-    is_bytes,
     load_run,
     read_config_file,
     registered,
     sample_run,
     saved_params,
+    text_codec,
     translate_run,
     translates,
 )
@@ -65,7 +66,8 @@ from train.optim import OptimConfig  # noqa: E402
 from train.report import format_table  # noqa: E402
 from train.rundir import StorageError, write_atomically  # noqa: E402
 from train.sharding import ShardingConfig, initialize_distributed  # noqa: E402
-from train.tasks import TASKS, describe_task  # noqa: E402
+from train.tasks import TASKS, TextFile, describe_task  # noqa: E402
+from train.tokenize import build_corpus  # noqa: E402
 from train.validate import unknown_name  # noqa: E402
 
 
@@ -130,11 +132,12 @@ def evaluate_command(argv: list[str]) -> dict:
 @dataclasses.dataclass(frozen=True)
 class SampleCommand:
     """`python -m train sample RUN_DIR`: continue a prompt with a run's language model (text
-    for byte-level tasks, token ids otherwise), or translate --source with a seq2seq run."""
+    for tasks of text, through the run's tokenizer; token ids otherwise), or translate --source
+    with a seq2seq run."""
 
     run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     prompt: str = ""
-    """Text (byte-level tasks) or space-separated token ids."""
+    """Text (text and tokens tasks) or space-separated token ids."""
     prompt_file: str | None = None
     """Read the prompt from this file instead."""
     num_tokens: int = 200
@@ -172,13 +175,13 @@ def sample_command(argv: list[str]) -> dict:
                 prompt = f.read()
         except OSError as error:
             raise ConfigError(f"cannot read --prompt-file: {error}") from None
-    text = is_bytes(loaded.task)
-    ids = list(prompt.encode("utf-8")) if text else token_ids(prompt, "--prompt")
+    codec = text_codec(loaded)
+    ids = codec.encode(prompt) if codec else token_ids(prompt, "--prompt")
     tokens = sample_run(
         loaded, ids, command.num_tokens, command.temperature, command.top_k, command.seed
     )
-    if text:
-        print(prompt + bytes(tokens).decode("utf-8", errors="replace"))
+    if codec:
+        print(prompt + codec.decode(tokens))
     else:
         print(" ".join(map(str, ids + tokens)))
     return {"step": loaded.step, "prompt": ids, "tokens": tokens}
@@ -246,11 +249,43 @@ def export_command(argv: list[str]) -> dict:
     return {"step": loaded.step, "path": command.path}
 
 
+TEXT_TASKS = {name: cls for name, cls in TASKS.items() if issubclass(cls, TextFile)}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildCorpusCommand:
+    """`python -m train build-corpus OUT_DIR TASK`: a text task's train, validation and test
+    regions tokenised into OUT_DIR (train.bin, validation.bin, test.bin, tokenizer.json,
+    meta.json), which task tokens reads with --task.data-dir OUT_DIR; see train/tokenize.py."""
+
+    out_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUT_DIR")]
+    """A new or empty directory."""
+    task: choices(TEXT_TASKS, describe_task)
+    tokenizer: Literal["bpe", "bytes"] = "bpe"
+    """bpe: a byte-level BPE trained on the train region only; bytes: one token per byte."""
+    vocab_size: int | None = None
+    """BPE's largest vocabulary (the 256 bytes and the merges; default 4096)."""
+
+
+def build_corpus_command(argv: list[str]) -> dict:
+    command = tyro.cli(
+        BuildCorpusCommand,
+        args=argv,
+        config=(tyro.conf.CascadeSubcommandArgs,),
+        prog="python -m train build-corpus",
+    )
+    meta = build_corpus(command.out_dir, command.task, command.tokenizer, command.vocab_size)
+    counts = ", ".join(f"{s} {n['tokens']:,} tokens" for s, n in meta["splits"].items())
+    print(f"{command.out_dir}: {meta['tokenizer']} vocabulary {meta['vocab_size']}, {counts}")
+    return meta
+
+
 VERBS = {
     "eval": evaluate_command,
     "sample": sample_command,
     "import-hf": import_command,
     "export-hf": export_command,
+    "build-corpus": build_corpus_command,
 }
 
 

@@ -29,7 +29,7 @@ from train.logger import MetricsLogger
 from train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from train.run_config import RunConfig
 from train.rundir import write_atomically
-from train.sharding import Placement
+from train.sharding import Placement, host_batch
 from train.state import TrainState
 from train.step import initial_state, make_eval_step
 from train.tasks.base import DataPosition, Task, check_task
@@ -78,6 +78,20 @@ class Prepared:
     """The initial state's shapes and dtypes (jax.eval_shape: traced, not compiled)."""
     config: dict
     optim: OptimConfig
+    run_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    """{file name: text} the task keeps in the run directory beside config.json (e.g. the
+    tokens task's tokenizer.json): see task_run_files."""
+
+
+def task_run_files(task: Task) -> dict[str, str]:
+    """The files a task asks its runs to keep (an optional member `run_files()` -> {file name:
+    text}, read while the run is prepared, so that a missing one is refused before any write);
+    begin writes them, atomically, next to config.json."""
+    files = task.run_files() if hasattr(task, "run_files") else {}
+    for name in files:
+        if os.path.basename(name) != name or name in ("config.json", "metrics.jsonl"):
+            raise ValueError(f"{type(task).__name__}.run_files() names {name!r}: not a new file")
+    return files
 
 
 def validation_metric_names(model: nn.Module, task: Task, abstract: TrainState, batch_size: int):
@@ -96,7 +110,7 @@ def prepare(
     check_task(task)
     check_model_config(model)
     model = adapt_model(model, task)
-    batch = task.train_batch(DataPosition())
+    batch = host_batch(task.train_batch(DataPosition()))  # the shapes, and init's example
     check_sequence_length(model, batch)
     check_model_fits_task(model, task, batch)
     placement = Placement.for_run(run.sharding)
@@ -116,7 +130,8 @@ def prepare(
                 "--checkpoint.best-metric to one of them, or --checkpoint.keep-best 0"
             )
     config = run_config_dict(model, task, optim, run)
-    return Prepared(model, batch, placement, tx, abstract, config, optim)
+    files = task_run_files(task)
+    return Prepared(model, batch, placement, tx, abstract, config, optim, files)
 
 
 def run_differences(saved: SavedRun, prepared: Prepared) -> list[str]:
@@ -135,6 +150,15 @@ def run_differences(saved: SavedRun, prepared: Prepared) -> list[str]:
     if np.array_equal(*rates):
         return [d for d in differences if not d.startswith("run.steps:")]
     return differences
+
+
+def run_file_text(run: RunConfig, name: str) -> str | None:
+    """The text of a run file in the run directory, None where there is none."""
+    try:
+        with open(os.path.join(run.run_dir, name), encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def check_resumable(saved: SavedRun | None, prepared: Prepared, run: RunConfig) -> None:
@@ -158,6 +182,18 @@ def check_resumable(saved: SavedRun | None, prepared: Prepared, run: RunConfig) 
             f"{'; '.join(differences)}); use another "
             "--run-dir, delete its checkpoints, or pass --checkpoint.resume force to continue "
             "from them anyway"
+        )
+    changed = [
+        name
+        for name, text in prepared.run_files.items()
+        if run_file_text(run, name) not in (None, text)
+    ]
+    if changed and run.checkpoint.resume != "force":
+        raise ConfigMismatchError(
+            f"{run.run_dir} holds checkpoints of a run whose {', '.join(changed)} "
+            f"{'differs' if len(changed) == 1 else 'differ'} from the task's now (a corpus "
+            "rebuilt with another tokenizer?); nothing was changed: use another --run-dir, or "
+            "pass --checkpoint.resume force to continue anyway"
         )
     fresh = tree_shapes(jax.eval_shape(state_arrays, prepared.abstract))
     mismatched = shape_differences(saved.shapes, fresh)
@@ -183,7 +219,8 @@ def begin(
     say: Any,
 ) -> MetricsLogger:
     """The run has decided to start (`restored` None) or to resume: from here on the run
-    directory belongs to it. Clears interrupted saves, writes config.json and opens the logs."""
+    directory belongs to it. Clears interrupted saves, writes config.json and the task's run
+    files (task_run_files) and opens the logs."""
     if restored is not None:
         differences = run_differences(saved, prepared)
         differ = f" (configuration differs: {'; '.join(differences)})" if differences else ""
@@ -196,6 +233,8 @@ def begin(
     if run.run_dir and primary:
         path = os.path.join(run.run_dir, "config.json")
         write_atomically(path, json.dumps(prepared.config, indent=2, default=str))
+        for name, text in prepared.run_files.items():
+            write_atomically(os.path.join(run.run_dir, name), text)
     return MetricsLogger(
         run.run_dir if primary else None,
         run.steps,

@@ -22,6 +22,7 @@ import optax
 from arch.errors import ConfigError
 from train.loop import evaluate
 from train.optim import OptimConfig, make_optimizer
+from train.sharding import host_batch
 from train.state import TrainState
 from train.step import initial_state, make_eval_step, train_step_function
 from train.tasks.base import SPLITS, DataPosition, Task, check_task
@@ -90,7 +91,7 @@ def fit_ensemble(
     check_model_config(model)
     tx = optax.chain(make_optimizer(optim, steps), member_scale())
     position = DataPosition()
-    batch = task.train_batch(position)
+    batch = host_batch(task.train_batch(position))
 
     @jax.jit
     def init_all(seeds: jax.Array, factors: jax.Array) -> TrainState:
@@ -108,7 +109,7 @@ def fit_ensemble(
         states, metrics = step(states, batch)
         losses.append(metrics["loss"])
         position = task.next_position(position)
-        batch = task.train_batch(position)
+        batch = host_batch(task.train_batch(position))
     eval_step = make_eval_step(model, task)
     final = [
         {s: evaluate(eval_step, member(states, i), task, s, eval_batch_size) for s in SPLITS}

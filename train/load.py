@@ -45,8 +45,8 @@ from train.state import TrainState
 from train.step import make_eval_step
 from train.tasks import TASKS
 from train.tasks.base import SPLITS, Task
-from train.tasks.language import TextFile
 from train.tasks.translation import EOS, FIRST_WORD, PAD
+from train.tokenize import Tokenizer, read_tokenizer
 
 Step = int | Literal["latest", "best"] | None
 
@@ -303,9 +303,15 @@ def evaluate_run(loaded: LoadedRun, split: str = "test") -> dict[str, float]:
     return evaluate(eval_step, loaded.state, loaded.task, split, loaded.run.eval_batch_size)
 
 
-def is_bytes(task: Task) -> bool:
-    """Whether a task's tokens are a text's bytes (prompts and samples are then text)."""
-    return isinstance(task, TextFile)
+def text_codec(loaded: LoadedRun) -> Tokenizer | None:
+    """The tokenizer between a run's token ids and text (its prompts and samples are then
+    text), None where its tokens are no text: RUN_DIR/tokenizer.json, the one the run trained
+    with (the tokens task keeps it there), else the task's own `tokenizer` (bytes for text, the
+    corpus's for tokens)."""
+    path = os.path.join(loaded.run_dir, "tokenizer.json")
+    if os.path.isfile(path):
+        return read_tokenizer(path)
+    return getattr(loaded.task, "tokenizer", None)
 
 
 def translates(loaded: LoadedRun) -> bool:

@@ -176,12 +176,27 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def reads_on_demand(x: Any) -> bool:
+    """Whether a batch leaf is an array-like that reads its elements when indexed (a memory
+    map's windows, train/tasks/tokens.py's TokenWindows): it has a shape and answers x[index]
+    and np.asarray(x) itself, and is no NumPy or JAX array."""
+    plain = isinstance(x, np.ndarray | np.generic | jax.Array)
+    return not plain and all(hasattr(x, name) for name in ("shape", "__getitem__", "__array__"))
+
+
+def host_batch(batch: Any) -> Any:
+    """The batch with every leaf that reads on demand read into a NumPy array (what jit takes);
+    other leaves unchanged."""
+    return jax.tree.map(lambda x: np.asarray(x) if reads_on_demand(x) else x, batch)
+
+
 def shard_batch(batch: Any, sharding: NamedSharding) -> Any:
     """Global arrays from a host batch that every process computes in full (the tasks' batches
-    are pure functions of the data position): each process fills only its own devices."""
+    are pure functions of the data position): each process fills only its own devices. A leaf
+    that reads on demand is indexed for those devices' rows only, never read whole."""
 
-    def place(x: np.ndarray) -> jax.Array:
-        x = np.asarray(x)
+    def place(x: Any) -> jax.Array:
+        x = x if reads_on_demand(x) else np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(place, batch)
@@ -253,4 +268,6 @@ class Placement:
         return jax.tree.map(lambda x: x.sharding, state), batch_sharding(self.mesh)
 
     def batch(self, batch: Any) -> Any:
-        return batch if self.mesh is None else shard_batch(batch, batch_sharding(self.mesh))
+        if self.mesh is None:
+            return host_batch(batch)
+        return shard_batch(batch, batch_sharding(self.mesh))

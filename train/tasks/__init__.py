@@ -12,6 +12,7 @@ from train.tasks.scenes import Scenes
 from train.tasks.sequences import Adding, Copy
 from train.tasks.series import RandomWalk, Sines
 from train.tasks.shakespeare import Shakespeare
+from train.tasks.tokens import TokenCorpus
 from train.tasks.translation import Translation
 
 TASKS: dict[str, type] = {
@@ -32,6 +33,7 @@ TASKS: dict[str, type] = {
     "random_walk": RandomWalk,
     "markov": MarkovLanguage,
     "text": TextFile,
+    "tokens": TokenCorpus,
     "shakespeare": Shakespeare,
     "planted_corpus": PlantedCorpus,
     "markov_mlm": MaskedMarkovLanguage,
@@ -70,6 +72,7 @@ __all__ = [
     "Sorted",
     "StreamTask",
     "TextFile",
+    "TokenCorpus",
     "Translation",
     "Xor",
     "describe_task",

@@ -26,6 +26,7 @@ from train.tasks.base import (
     require_at_least,
 )
 from train.tasks.sequences import TokenOutputs
+from train.tokenize import ByteTokenizer
 
 
 class LanguageModelLoss(TokenOutputs, ClassificationLoss):
@@ -268,6 +269,16 @@ class TextFile(LanguageModelLoss, StreamTask):
                     f"larger file, a smaller --task.length or larger fractions"
                 )
         return bounds
+
+    def region_bytes(self, split: str) -> bytes:
+        """The bytes of `split`'s region (what `build-corpus` tokenises)."""
+        start, stop = self.region_bounds[split]
+        return self.text[start:stop].tobytes()
+
+    @property
+    def tokenizer(self) -> ByteTokenizer:
+        """The text codec of prompts and samples: a token is one byte of the file."""
+        return ByteTokenizer()
 
     def windows(self, split: str, offsets: np.ndarray) -> Split:
         """The windows of `split`'s region starting at `offsets` (relative to the region)."""
