@@ -1,8 +1,8 @@
 """The sequence families as byte-level language models at a matched parameter count, for the
 studies that compare them (experiments/recurrence_vs_attention.py): the Elman / LSTM / GRU
 language model, the linear recurrences (minGRU, the LRU, the Mamba-style model) and the gpt
-with each attention kernel; `solve_width` finds the width that brings a family's parameter
-count (from jax.eval_shape) nearest a preset's target at the preset's depth.
+with each attention kernel; `solve_width_for` finds the width that brings a family's parameter
+count (from jax.eval_shape) nearest a target at a depth (`solve_width`: a preset's).
 """
 
 import math
@@ -56,9 +56,14 @@ def count_parameters(model: Any) -> int:
 
 @cache
 def solve_width(family: str, preset: str) -> tuple[int, int]:
+    """(width, parameters) at the preset's depth and target: `solve_width_for`."""
+    return solve_width_for(family, *PRESETS[preset])
+
+
+@cache
+def solve_width_for(family: str, layers: int, target: int) -> tuple[int, int]:
     """(width, parameters): the width (a multiple of 8 for attention, 4 otherwise) whose count
-    is nearest the preset's target; bisection, as the count grows with the width."""
-    layers, target = PRESETS[preset]
+    at `layers` is nearest `target`; bisection, as the count grows with the width."""
     step = 8 if family in ATTENTION else 4
     count = cache(lambda k: count_parameters(build(family, k * step, layers)))
     low, high = 1, 4096 // step
