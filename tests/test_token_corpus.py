@@ -7,8 +7,11 @@ and samples text through it; a missing or damaged corpus is one clear error."""
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import types
 
 import jax
@@ -273,3 +276,51 @@ def test_a_missing_or_damaged_corpus_is_one_clear_error(bpe_task, tmp_path, caps
     error = cli_error(capsys, ["gpt", "tokens", "--task.data-dir", str(tmp_path / "no")])
     assert "build the corpus with `python -m train build-corpus" in error
     assert dataclasses.asdict(TokenCorpus())["data_dir"] == ""
+
+
+FOUR_DEVICES = r"""
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from train.sharding import shard_batch
+from train.tasks import DataPosition, TokenCorpus
+from train.tasks.tokens import TokenWindows
+
+class Recording:  # the memory map, recording which token positions each read asks for
+    def __init__(self, tokens):
+        self.tokens, self.reads = tokens, []
+    def __getitem__(self, index):
+        self.reads.append(np.asarray(index))
+        return self.tokens[index]
+
+task = TokenCorpus(sys.argv[1], batch_size=8, length=16, num_eval=8)
+lazy = task.train_batch(DataPosition(0, 5))
+recording = Recording(task.tokens["train"])
+windows = TokenWindows(recording, lazy["inputs"].starts, 16)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+placed = shard_batch({"inputs": windows}, NamedSharding(mesh, PartitionSpec("data")))
+starts = [sorted(set((r[:, 0]).tolist())) for r in recording.reads]
+print("RESULT " + json.dumps({
+    "devices": jax.device_count(), "rows_per_read": [len(r) for r in recording.reads],
+    "starts": starts, "all_starts": lazy["inputs"].starts.tolist(),
+    "equal": bool(np.array_equal(np.asarray(placed["inputs"]), np.asarray(lazy["inputs"]))),
+}))
+"""
+
+
+def test_on_four_devices_each_devices_callback_reads_only_its_own_rows(byte_tasks):
+    _, tokens = byte_tasks
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"
+    process = subprocess.run(
+        [sys.executable, "-c", FOUR_DEVICES, tokens.data_dir],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    line = next(x for x in process.stdout.splitlines() if x.startswith("RESULT "))
+    found = json.loads(line[len("RESULT ") :])
+    assert found["devices"] == 4 and found["equal"]
+    assert found["rows_per_read"] == [2, 2, 2, 2]  # 8 rows over 4 devices: 2 each, once
+    every = found["all_starts"]
+    quarters = sorted(sorted(every[i : i + 2]) for i in range(0, 8, 2))
+    assert sorted(found["starts"]) == quarters
