@@ -11,7 +11,8 @@ import errno
 import fcntl
 import os
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 from arch.errors import ConfigError
 
@@ -105,13 +106,15 @@ class RunLock:
             self.descriptor = None
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: a crash leaves either the
-    old file or the new one, never a truncated one. OSError becomes StorageError."""
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w") -> Iterator[IO]:
+    """A file to write `path` through: a temporary file, synced and renamed onto `path` when
+    the block ends, so a crash leaves either the old file or the new one, never a truncated
+    one (removed on an error). OSError becomes StorageError."""
     temporary = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(temporary, "w") as f:
-            f.write(text)
+        with open(temporary, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -119,3 +122,9 @@ def write_atomically(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise StorageError(f"cannot write {path}: {os_reason(error)}") from None
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write `text` to `path` through `atomic_file`."""
+    with atomic_file(path) as f:
+        f.write(text)

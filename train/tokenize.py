@@ -14,7 +14,6 @@ tokenizer.json (Hugging Face's format for BPE; {"kind": "bytes"} for bytes) and 
 written last: a directory without it is not a corpus (train/tasks/tokens.py reads it).
 """
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -28,7 +27,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from arch.errors import ConfigError
-from train.rundir import StorageError, os_reason, write_atomically
+from train.rundir import StorageError, atomic_file, os_reason, write_atomically
 from train.tasks.base import SPLITS
 
 BYTES = 256
@@ -242,19 +241,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_tokens(path: str, pieces: Iterable[np.ndarray], dtype: np.dtype) -> int:
     """The pieces' ids written flat to `path` as `dtype` through a temporary file and a
     rename (never a truncated file); how many. OSError becomes StorageError."""
-    temporary, count = f"{path}.tmp-{os.getpid()}", 0
-    try:
-        with open(temporary, "wb") as f:
-            for piece in pieces:
-                f.write(piece.astype(dtype).tobytes())
-                count += len(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise StorageError(f"cannot write {path}: {os_reason(error)}") from None
+    count = 0
+    with atomic_file(path, "wb") as f:
+        for piece in pieces:
+            f.write(piece.astype(dtype).tobytes())
+            count += len(piece)
     return count
 
 
