@@ -206,7 +206,8 @@ def test_quality_verdicts_follow_the_stated_rule():
     gpt = {"family": "gpt-einsum", "length": 128, "seconds_per_step": 0.10, "bits_at_flops": 5.0}
     row = lambda seconds, bits: {"family": "lstm", "length": 128, "seconds_per_step": seconds,
                                  "bits_at_flops": bits}  # fmt: skip
-    assert quality.verdict(row(0.11, 4.0), gpt) == "slower"
+    assert quality.verdict(row(0.11, 4.0), gpt) == "slower but as good"
+    assert quality.verdict(row(0.11, 5.03), gpt) == "slower and worse"
     assert quality.verdict(row(0.05, 5.0 + quality.AS_GOOD_BITS), gpt) == "faster and as good"
     assert quality.verdict(row(0.05, 5.03), gpt) == "faster but worse"
     assert quality.verdict(row(0.05, None), gpt) == "faster; FLOP budget not reached"

@@ -16,9 +16,9 @@ is read off its learning curve where it has spent
 both linearly interpolated between its `EVALUATIONS` evaluations. Every GPT kernel computes the
 same function, so one GPT (the einsum kernel) trains for quality and the fastest kernel's step
 time prices it. A run is capped at `MOST_STEPS_FACTOR` x quality_steps steps; a budget beyond a
-family's run is "not reached". Verdict per recurrence and length: "slower" when its step is
-slower than the fastest attention kernel's; else "faster and as good" when its bits at the FLOP
-budget are within `AS_GOOD_BITS` of the GPT's (or better), "faster but worse" otherwise.
+family's run is "not reached". Verdict per recurrence and length: "faster" or "slower" (its step
+against the fastest attention kernel's), and "as good" when its bits at the FLOP budget are
+within `AS_GOOD_BITS` of the GPT's (or better), "worse" otherwise.
 """
 
 import dataclasses
@@ -187,12 +187,16 @@ def with_verdicts(found: list[dict]) -> list[dict]:
 
 
 def verdict(row: dict, attention: dict) -> str:
-    if row["seconds_per_step"] >= attention["seconds_per_step"]:
-        return "slower"
+    """ "faster" / "slower" (the step against the fastest attention kernel's), then whether its
+    bits/char at the FLOP budget are as good as the GPT's (within AS_GOOD_BITS) or worse."""
+    faster = row["seconds_per_step"] < attention["seconds_per_step"]
+    speed = "faster" if faster else "slower"
     ours, theirs = row["bits_at_flops"], attention["bits_at_flops"]
     if ours is None or theirs is None:
-        return "faster; FLOP budget not reached"
-    return "faster and as good" if ours <= theirs + AS_GOOD_BITS else "faster but worse"
+        return f"{speed}; FLOP budget not reached"
+    if ours <= theirs + AS_GOOD_BITS:
+        return f"{speed} and as good" if faster else "slower but as good"
+    return "faster but worse" if faster else "slower and worse"
 
 
 def table(found: list[dict]) -> list[dict[str, Any]]:
