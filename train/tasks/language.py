@@ -206,6 +206,22 @@ class MarkovLanguage(LanguageModelLoss, StreamTask):
         return sequences[:, :-1], sequences[:, 1:], mask
 
 
+def evaluation_offsets(size: int, length: int, num_eval: int) -> np.ndarray:
+    """Starts of up to `num_eval` non-overlapping windows of length + 1 tokens, evenly spaced
+    over a region of `size` tokens: an evaluation split of a text or a token corpus."""
+    count = (size - 1) // length  # non-overlapping windows that fit
+    chosen = min(count, num_eval)
+    return np.arange(chosen) * count // chosen * length
+
+
+def training_offsets(task, position: DataPosition, size: int) -> np.ndarray:
+    """Starts of the `task.batch_size` training windows of length + 1 tokens at `position`, in
+    a region of `size` tokens: drawn by a generator seeded with (seed, epoch, index), so a
+    batch is a pure function of its position (TextFile and the token corpus draw alike)."""
+    rng = np.random.default_rng([task.seed, 0, position.epoch, position.index])
+    return rng.integers(0, size - task.length, task.batch_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class TextFile(LanguageModelLoss, StreamTask):
     """Byte-level language model on any plain-text file (--task.path), split into train/val/test.
@@ -291,14 +307,12 @@ class TextFile(LanguageModelLoss, StreamTask):
         data = {}
         for split in SPLITS:
             start, stop = self.region_bounds[split]
-            count = (stop - start - 1) // self.length  # non-overlapping windows that fit
-            chosen = np.arange(min(count, self.num_eval)) * count // min(count, self.num_eval)
-            data[split] = self.windows(split, chosen * self.length)
+            offsets = evaluation_offsets(stop - start, self.length, self.num_eval)
+            data[split] = self.windows(split, offsets)
         return data
 
     def train_batch(self, position: DataPosition) -> Batch:
         start, stop = self.region_bounds["train"]
-        rng = np.random.default_rng([self.seed, 0, position.epoch, position.index])
-        offsets = rng.integers(0, stop - start - self.length, self.batch_size)
+        offsets = training_offsets(self, position, stop - start)
         inputs, targets, mask = self.windows("train", offsets)
         return {"inputs": inputs, "targets": targets, "mask": mask}

@@ -21,7 +21,7 @@ import numpy as np
 from arch.errors import ConfigError
 from train import losses
 from train.tasks.base import SPLITS, Batch, DataPosition, Split, StreamTask, require_at_least
-from train.tasks.language import LanguageModelLoss
+from train.tasks.language import LanguageModelLoss, evaluation_offsets, training_offsets
 from train.tokenize import Tokenizer, tokenizer_from_json
 
 BUILD = "python -m train build-corpus DIR text --task.path FILE"
@@ -188,16 +188,14 @@ class TokenCorpus(LanguageModelLoss, StreamTask):
     def load(self) -> dict[str, Split]:
         data = {}
         for split in SPLITS:
-            count = (len(self.tokens[split]) - 1) // self.length  # non-overlapping windows
-            chosen = np.arange(min(count, self.num_eval)) * count // min(count, self.num_eval)
-            data[split] = self.windows(split, chosen * self.length)
+            offsets = evaluation_offsets(len(self.tokens[split]), self.length, self.num_eval)
+            data[split] = self.windows(split, offsets)
         return data
 
     def train_batch(self, position: DataPosition) -> Batch:
         """Inputs and targets are TokenWindows: they read the memory map when indexed."""
         train = self.tokens["train"]
-        rng = np.random.default_rng([self.seed, 0, position.epoch, position.index])
-        offsets = rng.integers(0, len(train) - self.length, self.batch_size)
+        offsets = training_offsets(self, position, len(train))
         return {
             "inputs": TokenWindows(train, offsets, self.length),
             "targets": TokenWindows(train, offsets + 1, self.length),
