@@ -38,8 +38,9 @@ import os
 from typing import Any
 
 from arch import MODELS
-from arch.linear_mixers import LRU_RECURRENCE_LR_FACTOR, lru_recurrence_lr_scale
+from arch.linear_mixers import LRU_RECURRENCE_LR_FACTOR
 from arch.linear_rnn import Mixer
+from experiments.common.families import lr_scale
 from experiments.common.scaffold import Experiment, TrainingConfig, runtime_text, verdict_text
 from train.loop import RunConfig, fit
 from train.report import figure, format_table, save_figure
@@ -160,9 +161,7 @@ def train(name: str, model: Any, task: Any, steps: int, length: int, config: Con
             steps,
             "constant",
             most_warmup=1.0,
-            lr_scale=lru_recurrence_lr_scale(config.lru_recurrence_lr_scale)
-            if name == "lru"
-            else (),
+            lr_scale=lr_scale(name, config.lru_recurrence_lr_scale),
         ),
         RunConfig.quiet(steps, config.evaluations, seed=config.seed, run_dir=out),
     )

@@ -43,8 +43,8 @@ import jax
 import numpy as np
 
 from arch.errors import ConfigError
-from arch.linear_mixers import LRU_RECURRENCE_LR_FACTOR, lru_recurrence_lr_scale
-from experiments.common.families import ATTENTION, build
+from arch.linear_mixers import LRU_RECURRENCE_LR_FACTOR
+from experiments.common.families import ATTENTION, build, lr_scale
 from experiments.common.scaffold import Experiment, ExperimentConfig, runtime_text, verdict_text
 from train.loop import RunConfig, evaluate, fit
 from train.optim import OptimConfig
@@ -212,9 +212,9 @@ def recall_above_chance(accuracy: float, pairs: int) -> float:
 
 
 def optimizer(family: str, training: Training, config: Config) -> OptimConfig:
-    scale = lru_recurrence_lr_scale(config.lru_recurrence_lr_scale) if family == "lru" else ()
     return OptimConfig(
-        lr=training.lr, schedule="cosine", clip_norm=config.clip_norm, lr_scale=scale,
+        lr=training.lr, schedule="cosine", clip_norm=config.clip_norm,
+        lr_scale=lr_scale(family, config.lru_recurrence_lr_scale),
         warmup_steps=min(config.warmup_steps, training.steps // 2),
     )  # fmt: skip
 

@@ -85,8 +85,7 @@ import numpy as np
 from arch import MODELS
 from arch.decoding import generate
 from arch.errors import ConfigError
-from arch.linear_mixers import lru_recurrence_lr_scale
-from experiments.common.families import build, count_parameters, solve_width_for
+from experiments.common.families import build, count_parameters, lr_scale, solve_width_for
 from experiments.common.scaffold import Experiment, TrainingConfig, runtime_text, verdict_text
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
@@ -156,7 +155,7 @@ class Config(TrainingConfig):
             name="adamw", lr=self.lr, schedule="cosine", warmup_steps=self.warmup_steps,
             min_lr_ratio=self.min_lr / self.lr, b1=0.9, b2=self.b2, eps=1e-8,
             weight_decay=self.weight_decay, clip_norm=self.clip_norm,
-            lr_scale=lru_recurrence_lr_scale() if family == "lru" else (),
+            lr_scale=lr_scale(family),
         )  # fmt: skip
 
     def check(self) -> None:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from arch import MODELS
 from arch.errors import ConfigError
+from arch.linear_mixers import LRU_RECURRENCE_LR_FACTOR, lru_recurrence_lr_scale
 from train.state import parameter_count
 
 RNN_CELLS, LINEAR = ("elman", "lstm", "gru"), ("mingru", "lru", "mamba")
@@ -47,6 +48,12 @@ def build(family: str, width: int, layers: int, dtype: str = "float32", max_len:
             positional="rotary", **common,
         )  # fmt: skip
     raise ConfigError(f"unknown family {family!r}; choose from {RECURRENT + ATTENTION}")
+
+
+def lr_scale(family: str, lru_factor: float = LRU_RECURRENCE_LR_FACTOR) -> tuple:
+    """`OptimConfig.lr_scale` of a family trained by its paper's settings: the LRU's recurrence
+    at `lru_factor` x lr (arch/linear_mixers.py), every other family at the one lr."""
+    return lru_recurrence_lr_scale(lru_factor) if family == "lru" else ()
 
 
 def count_parameters(model: Any) -> int:

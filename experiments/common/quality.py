@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from arch.linear_mixers import lru_recurrence_lr_scale
-from experiments.common.families import ATTENTION, RECURRENT, VOCAB, build
+from experiments.common.families import ATTENTION, RECURRENT, VOCAB, build, lr_scale
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
 from train.tasks import TASKS, MarkovLanguage
@@ -69,10 +68,10 @@ class ByteMarkov(MarkovLanguage):
 def optimizer(family: str, lr: float, warmup: int) -> OptimConfig:
     """AdamW at a constant lr after a linear warm-up, so that every point of a learning curve
     is a fair stopping point; the LRU's recurrence at its paper's 0.5 x lr."""
-    scale = lru_recurrence_lr_scale() if family == "lru" else ()
     return OptimConfig(
-        name="adamw", lr=lr, warmup_steps=warmup, weight_decay=0.01, clip_norm=1.0, lr_scale=scale
-    )
+        name="adamw", lr=lr, warmup_steps=warmup, weight_decay=0.01, clip_norm=1.0,
+        lr_scale=lr_scale(family),
+    )  # fmt: skip
 
 
 def quality_task(name: str, length: int, batch_size: int, seed: int, data_dir: str = ""):
