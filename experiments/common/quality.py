@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.common.crossover import series
 from experiments.common.families import ATTENTION, RECURRENT, VOCAB, build, lr_scale
 from train.loop import RunConfig, fit
 from train.optim import OptimConfig
@@ -36,6 +37,7 @@ from train.tasks import TASKS, MarkovLanguage
 AS_GOOD_BITS = 0.02
 """Bits per character within which a recurrence is as good as attention at equal FLOPs."""
 MOST_STEPS_FACTOR = 4
+FIELDS = ("flops", "seconds_median")  # of a speed row: a train step's counted FLOPs, seconds
 EVALUATIONS = 16
 QUALITY_FAMILY = "gpt-einsum"  # every kernel computes the same function: one of them trains
 MARKOV = {"vocab_size": 16, "order": 2, "concentration": 0.2}
@@ -93,11 +95,8 @@ def at_step(curve: list[tuple[int, float]], step: float) -> float | None:
 
 def speed_of(rows: list[dict], family: str, length: int) -> tuple[float, float] | None:
     """(FLOPs, seconds) of one train step from the speed half's rows (None: not measured)."""
-    for row in rows:
-        key = (row["family"], row["kind"], row["length"])
-        if key == (family, "train", length) and row["error"] is None:
-            return row["flops"], row["seconds_median"]
-    return None
+    flops, seconds = (series(rows, family, "train", f, [length])[0] for f in FIELDS)
+    return None if flops is None or seconds is None else (flops, seconds)
 
 
 def budgets(rows: list[dict], length: int, steps: int) -> dict[str, Any] | None:
