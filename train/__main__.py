@@ -65,6 +65,7 @@ from train.loop import RunConfig, fit  # noqa: E402
 from train.optim import OptimConfig  # noqa: E402
 from train.report import format_table  # noqa: E402
 from train.rundir import StorageError, write_atomically  # noqa: E402
+from train.runtime import keep_freed_memory  # noqa: E402
 from train.sharding import ShardingConfig, initialize_distributed  # noqa: E402
 from train.tasks import TASKS, TextFile, describe_task  # noqa: E402
 from train.tokenize import build_corpus  # noqa: E402
@@ -429,6 +430,7 @@ def exit_with_handlers(code: object) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # before the first JAX computation (train/runtime.py)
     try:
         main()
     except SystemExit as stop:

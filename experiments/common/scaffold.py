@@ -29,6 +29,7 @@ from arch.errors import ConfigError
 from train.measure import bench
 from train.optim import OptimConfig, ScheduleName
 from train.report import experiment_dir, write_results
+from train.runtime import keep_freed_memory
 
 BUSY_LOAD_AT_START = 1.5
 """A 1-minute load average above this before the study starts: other jobs are running (the
@@ -220,7 +221,9 @@ class Experiment(Generic[ConfigT]):
 
     def command_line(self) -> None:
         """`python -m experiments.<name>`: run it; a bad configuration is one line on stderr and
-        exit status 2 (real bugs keep their tracebacks)."""
+        exit status 2 (real bugs keep their tracebacks). Host memory freed by one step is
+        kept for the next (train/runtime.py `keep_freed_memory`), as in `python -m train`."""
+        keep_freed_memory()
         try:
             self.main()
         except ConfigError as error:
